@@ -1,0 +1,91 @@
+"""scInterpreter model configuration."""
+
+from transformers import AutoConfig, LlamaConfig, PretrainedConfig
+
+DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
+
+
+class ScInterpreterConfig(PretrainedConfig):
+    r"""
+    Configuration of a scInterpreter model: a frozen Llama decoder (`text_config`) reads an instruction,
+    one soft token per top-expressed gene and a learnable class token; a head classifies the class token.
+
+    Args:
+        text_config (`dict` or `LlamaConfig`, *optional*):
+            Configuration of the frozen Llama-architecture backbone.
+        gene_vocab_size (`int`, *optional*, defaults to 0):
+            Number of genes in the frozen gene-embedding table (the processor's vocabulary).
+        gene_embedding_dim (`int`, *optional*, defaults to 256):
+            Width of a gene's text embedding.
+        n_top_genes (`int`, *optional*, defaults to 64):
+            Soft tokens per cell: the cell's most expressed genes.
+        projector_hidden_size (`int`, *optional*):
+            Hidden width of the gene -> backbone projector; defaults to the backbone's hidden size.
+        head_hidden_size (`int`, *optional*, defaults to 256):
+            Hidden width of the classification head.
+        head_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before the head's last layer.
+        instruction (`str`, *optional*):
+            The instruction text the backbone reads before the gene tokens.
+        instruction_token_ids (`list[int]`, *optional*):
+            `instruction` tokenised with the backbone's tokenizer, so that no tokenizer is needed at load time.
+        species (`str`, *optional*, defaults to `"human"`):
+            Species of the gene vocabulary.
+        gene_text_encoder (`str`, *optional*):
+            Name of the encoder that embedded the gene descriptions (`"wordllama"`, `"random"`, ...).
+        gene_table_centered (`bool`, *optional*, defaults to `False`):
+            Whether the gene-embedding table had its mean vector removed and rows re-normalised.
+        gene_table_hash (`str`, *optional*):
+            Content hash of the gene-embedding table (vocabulary, encoder, descriptions).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the cross-entropy loss.
+    """
+
+    model_type = "scinterpreter"
+    sub_configs = {"text_config": AutoConfig}
+
+    def __init__(
+        self,
+        text_config=None,
+        gene_vocab_size=0,
+        gene_embedding_dim=256,
+        n_top_genes=64,
+        projector_hidden_size=None,
+        head_hidden_size=256,
+        head_dropout=0.1,
+        instruction=DEFAULT_INSTRUCTION,
+        instruction_token_ids=None,
+        species="human",
+        gene_text_encoder=None,
+        gene_table_centered=False,
+        gene_table_hash=None,
+        label_smoothing=0.0,
+        **kwargs,
+    ):
+        if isinstance(text_config, dict):
+            text_config = dict(text_config)
+            text_config.pop("quantization_config", None)
+            text_config = LlamaConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
+        elif text_config is None:
+            text_config = LlamaConfig(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=128,
+            )
+        self.text_config = text_config
+        self.gene_vocab_size = gene_vocab_size
+        self.gene_embedding_dim = gene_embedding_dim
+        self.n_top_genes = n_top_genes
+        self.projector_hidden_size = projector_hidden_size or text_config.hidden_size
+        self.head_hidden_size = head_hidden_size
+        self.head_dropout = head_dropout
+        self.instruction = instruction
+        self.instruction_token_ids = list(instruction_token_ids or [])
+        self.species = species
+        self.gene_text_encoder = gene_text_encoder
+        self.gene_table_centered = gene_table_centered
+        self.gene_table_hash = gene_table_hash
+        self.label_smoothing = label_smoothing
+        super().__init__(**kwargs)
+
+
+__all__ = ["ScInterpreterConfig", "DEFAULT_INSTRUCTION"]

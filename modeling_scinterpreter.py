@@ -1,0 +1,315 @@
+"""PyTorch scInterpreter: a frozen Llama decoder reads gene soft tokens and annotates the cell."""
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, LlamaModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_scinterpreter import ScInterpreterConfig
+except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
+    from configuration_scinterpreter import ScInterpreterConfig
+
+TRAINABLE_MODULES = ("projector", "class_token", "head")
+PIPELINE_FILE = "pipeline_scinterpreter.py"
+_FASTEST_DTYPE = {}
+
+
+def select_backbone_dtype(device="cpu") -> torch.dtype:
+    """
+    The dtype the frozen backbone runs fastest in on `device`: bfloat16 on GPUs that support it and on CPUs
+    that run it natively, else float32. On a CPU this is measured once per process, since CPUs without native
+    bfloat16 (AVX2 only) run it many times slower than float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cpu":
+        return torch.float32
+    if "cpu" not in _FASTEST_DTYPE:
+        timings = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.randn(256, 576, dtype=dtype)
+            b = torch.randn(576, 1536, dtype=dtype)
+            a @ b  # warm-up
+            start = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            timings[dtype] = time.perf_counter() - start
+        # bfloat16 must win clearly: it also costs precision.
+        _FASTEST_DTYPE["cpu"] = torch.bfloat16 if timings[torch.bfloat16] < 0.7 * timings[torch.float32] else torch.float32
+    return _FASTEST_DTYPE["cpu"]
+
+
+@dataclass
+class ScInterpreterModelOutput(ModelOutput):
+    r"""
+    cell_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The backbone's last hidden state at the class token, in float32.
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, n_top_genes + 1, hidden_size)`):
+        The backbone's last hidden states at the gene soft tokens and the class token.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        The backbone's hidden states after the embeddings and after each layer.
+    """
+
+    cell_embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CellAnnotationOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        Cross-entropy loss.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores (before softmax).
+    cell_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The backbone's last hidden state at the class token.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        The backbone's hidden states after the embeddings and after each layer.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cell_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ScInterpreterProjector(nn.Module):
+    """Maps expression-weighted gene text embeddings into the backbone's token-embedding space."""
+
+    def __init__(self, config: ScInterpreterConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.gene_embedding_dim, config.projector_hidden_size)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
+
+    def forward(self, weighted_gene_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(weighted_gene_embeddings)))
+
+
+class ScInterpreterClassificationHead(nn.Module):
+    """MLP from the class token's hidden state to label scores."""
+
+    def __init__(self, config: ScInterpreterConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.text_config.hidden_size, config.head_hidden_size)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.out_proj = nn.Linear(config.head_hidden_size, config.num_labels)
+
+    def forward(self, cell_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(self.act(self.dense(cell_embeddings))))
+
+
+class ScInterpreterPreTrainedModel(PreTrainedModel):
+    config_class = ScInterpreterConfig
+    base_model_prefix = "model"
+    input_modalities = ("gene_expression",)
+    main_input_name = "gene_ids"
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
+    _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ScInterpreterModel):
+            std = module.config.text_config.initializer_range
+            init.normal_(module.class_token, mean=0.0, std=std)
+
+    def freeze_backbone(self):
+        """Freezes everything but the projector, the class token and the head."""
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(any(part in name.split(".") for part in TRAINABLE_MODULES))
+        return self
+
+    def set_backbone_dtype(self, dtype: torch.dtype):
+        """Casts the frozen backbone (only) to `dtype`; the trained parts and the gene table stay in float32."""
+        self.base_model.language_model.to(dtype)
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.
+        return super().from_pretrained(*args, **kwargs).freeze_backbone()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # The `cell-annotation` pipeline named in the config lives in its own file: ship it with the model.
+        pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE)
+        if getattr(self.config, "custom_pipelines", None) and os.path.isfile(pipeline_file):
+            shutil.copy(pipeline_file, os.path.join(save_directory, PIPELINE_FILE))
+
+
+class ScInterpreterModel(ScInterpreterPreTrainedModel):
+    """
+    The scInterpreter base model: gene soft tokens and a class token read by a frozen Llama decoder after an
+    instruction. Returns the class token's last hidden state as the cell embedding.
+    """
+
+    def __init__(self, config: ScInterpreterConfig):
+        super().__init__(config)
+        # Persistent so that `from_pretrained` fills it from the checkpoint (non-persistent buffers come back empty).
+        self.register_buffer("gene_embeddings", torch.zeros(config.gene_vocab_size, config.gene_embedding_dim))
+        self.projector = ScInterpreterProjector(config)
+        self.class_token = nn.Parameter(torch.zeros(config.text_config.hidden_size))
+        self.language_model = LlamaModel(config.text_config)
+        self._instruction_cache = None
+        self.post_init()
+        self.freeze_backbone()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        return self.language_model.embed_tokens.weight.dtype
+
+    def get_gene_features(self, gene_ids: torch.LongTensor, gene_values: torch.Tensor) -> torch.Tensor:
+        """
+        Soft tokens of the given genes: `projector(gene_embeddings[gene_ids] * gene_values)`.
+
+        Args:
+            gene_ids (`torch.LongTensor` of shape `(batch_size, n_top_genes)`): rows of the gene table.
+            gene_values (`torch.FloatTensor` of shape `(batch_size, n_top_genes)`): normalised expression.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, n_top_genes, hidden_size)`, in float32.
+        """
+        weighted = self.gene_embeddings[gene_ids] * gene_values.unsqueeze(-1).to(self.gene_embeddings.dtype)
+        return self.projector(weighted.to(self.projector.linear_1.weight.dtype))
+
+    def get_instruction_cache(self, batch_size: int):
+        """
+        Keys and values of the instruction, computed once and shared by every cell: the backbone is frozen and
+        the instruction comes first, so they do not depend on the cell.
+        """
+        if not self.config.instruction_token_ids:
+            return None
+        weight = self.language_model.embed_tokens.weight
+        if self._instruction_cache is None or self._instruction_cache[0] != (weight.device, weight.dtype):
+            input_ids = torch.tensor([self.config.instruction_token_ids], device=weight.device)
+            with torch.no_grad():
+                outputs = self.language_model(input_ids=input_ids, use_cache=True)
+            layers = [(layer.keys, layer.values) for layer in outputs.cache.layers]
+            self._instruction_cache = ((weight.device, weight.dtype), layers)
+        layers = self._instruction_cache[1]
+        return DynamicCache(
+            ddp_cache_data=[(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in layers]
+        )
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving or casting the model invalidates the cached instruction keys/values.
+        self._instruction_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(
+        self,
+        gene_ids: torch.LongTensor,
+        gene_values: torch.FloatTensor,
+        gene_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ScInterpreterModelOutput:
+        r"""
+        gene_ids (`torch.LongTensor` of shape `(batch_size, n_top_genes)`):
+            Gene-table rows of each cell's top genes, most expressed first (from `ScInterpreterProcessor`).
+        gene_values (`torch.FloatTensor` of shape `(batch_size, n_top_genes)`):
+            Their normalised expression.
+        gene_mask (`torch.Tensor` of shape `(batch_size, n_top_genes)`, *optional*):
+            1 for real genes, 0 for padding. Real genes come first in each row.
+        """
+        batch_size, n_genes = gene_ids.shape
+        if gene_mask is None:
+            gene_mask = torch.ones_like(gene_ids)
+        n_real = gene_mask.to(torch.long).sum(-1)
+
+        soft_tokens = self.get_gene_features(gene_ids, gene_values)
+        # The class token goes right after each cell's last real gene. Padding then only follows it and, with
+        # causal attention, never reaches it: no attention mask is needed and batches of any padding agree.
+        positions = torch.arange(n_genes + 1, device=gene_ids.device)
+        class_slot = positions[None, :] == n_real[:, None]
+        gene_slot = torch.minimum(positions[None, :] - (positions[None, :] > n_real[:, None]).long(),
+                                  torch.tensor(n_genes - 1, device=gene_ids.device))
+        inputs_embeds = torch.gather(soft_tokens, 1, gene_slot[..., None].expand(-1, -1, soft_tokens.shape[-1]))
+        inputs_embeds = torch.where(class_slot[..., None], self.class_token.to(inputs_embeds.dtype), inputs_embeds)
+
+        instruction_cache = self.get_instruction_cache(batch_size)
+        n_prefix = len(self.config.instruction_token_ids)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds.to(self.backbone_dtype),
+            cache=instruction_cache,
+            position_ids=(positions + n_prefix)[None].expand(batch_size, -1),
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        last_hidden_state = outputs.last_hidden_state
+        cell_embeddings = last_hidden_state[torch.arange(batch_size, device=gene_ids.device), n_real].float()
+        return ScInterpreterModelOutput(
+            cell_embeddings=cell_embeddings,
+            last_hidden_state=last_hidden_state,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
+    """scInterpreter with a classification head on the cell embedding: predicts one label per cell."""
+
+    def __init__(self, config: ScInterpreterConfig):
+        super().__init__(config)
+        self.model = ScInterpreterModel(config)
+        self.head = ScInterpreterClassificationHead(config)
+        self.post_init()
+        self.freeze_backbone()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(
+        self,
+        gene_ids: torch.LongTensor,
+        gene_values: torch.FloatTensor,
+        gene_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CellAnnotationOutput:
+        r"""
+        gene_ids, gene_values, gene_mask: as in [`ScInterpreterModel.forward`].
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Label indices in `[0, config.num_labels)`; when given, the output carries the cross-entropy loss.
+        """
+        outputs = self.model(gene_ids, gene_values, gene_mask, output_hidden_states=output_hidden_states)
+        logits = self.head(outputs.cell_embeddings.to(self.head.dense.weight.dtype))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.float(), labels.to(logits.device), label_smoothing=self.config.label_smoothing
+            )
+        return CellAnnotationOutput(
+            loss=loss, logits=logits, cell_embeddings=outputs.cell_embeddings, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = [
+    "select_backbone_dtype",
+    "CellAnnotationOutput",
+    "ScInterpreterClassificationHead",
+    "ScInterpreterForCellAnnotation",
+    "ScInterpreterModel",
+    "ScInterpreterModelOutput",
+    "ScInterpreterPreTrainedModel",
+    "ScInterpreterProjector",
+]

@@ -1,0 +1,151 @@
+"""The `cell-annotation` pipeline: expression data in, one label per cell out."""
+
+import logging
+
+import numpy as np
+import torch
+from transformers import AutoProcessor, Pipeline
+from transformers.utils.logging import tqdm
+
+try:
+    from .modeling_scinterpreter import select_backbone_dtype
+    from .processing_scinterpreter import ScInterpreterInputError
+except ImportError:  # imported as a top-level module rather than as Hub remote code
+    from modeling_scinterpreter import select_backbone_dtype
+    from processing_scinterpreter import ScInterpreterInputError
+
+logger = logging.getLogger(__name__)
+
+UNASSIGNED = "Unassigned"
+EMBEDDING_KEY = "X_scinterpreter"
+PROGRESS_MIN_CELLS = 1024
+
+
+class CellAnnotations(list):
+    """One `{"label", "score", "top_k"}` dict per cell; `.adata` holds the annotated AnnData when one was given."""
+
+    adata = None
+
+
+class CellAnnotationPipeline(Pipeline):
+    """
+    Annotates cells with a scInterpreter model.
+
+    ```python
+    >>> from transformers import pipeline
+    >>> annotate = pipeline("cell-annotation", model="path/or/hub-id", trust_remote_code=True)
+    >>> annotate(adata)                     # AnnData: also writes obs["scinterpreter"], obs["scinterpreter_score"],
+    ...                                     # obsm["X_scinterpreter"] on a copy (result.adata)
+    >>> annotate(matrix, gene_names=genes)  # numpy / scipy.sparse, cells x genes
+    >>> annotate({"CD3E": 5, "CD3D": 3})    # one cell
+    ```
+    """
+
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_processor = False
+
+    def __init__(self, model, processor=None, **kwargs):
+        if processor is None:
+            processor = AutoProcessor.from_pretrained(model.name_or_path, trust_remote_code=True)
+        super().__init__(model=model, processor=processor, **kwargs)
+        if self.model.base_model.backbone_dtype != select_backbone_dtype(self.device):
+            self.model.set_backbone_dtype(select_backbone_dtype(self.device))
+        self.model.eval()
+
+    def _sanitize_parameters(self, gene_names=None, layer=None, top_k=None, threshold=None, **kwargs):
+        preprocess = {key: value for key, value in {"gene_names": gene_names, "layer": layer}.items() if value is not None}
+        postprocess = {key: value for key, value in {"top_k": top_k, "threshold": threshold}.items() if value is not None}
+        return preprocess, {}, postprocess
+
+    def preprocess(self, expression, gene_names=None, layer=None):
+        return self.processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
+
+    def _forward(self, model_inputs):
+        inputs = {name: model_inputs[name] for name in ("gene_ids", "gene_values", "gene_mask")}
+        outputs = self.model(**inputs)
+        return {"logits": outputs.logits, "cell_embeddings": outputs.cell_embeddings, "gene_mask": inputs["gene_mask"]}
+
+    def postprocess(self, model_outputs, top_k=3, threshold=0.0):
+        probabilities = model_outputs["logits"].float().softmax(-1).cpu().numpy()
+        empty = model_outputs["gene_mask"].sum(-1).cpu().numpy() == 0
+        id2label = self.model.config.id2label
+        k = min(top_k, probabilities.shape[-1])
+        results = []
+        for cell_probabilities, is_empty in zip(probabilities, empty):
+            best = np.argsort(-cell_probabilities, kind="stable")[:k]
+            top = [{"label": id2label[int(i)], "score": float(cell_probabilities[i])} for i in best]
+            label = top[0]["label"] if top[0]["score"] >= threshold and not is_empty else UNASSIGNED
+            results.append({"label": label, "score": top[0]["score"], "top_k": top})
+        return results
+
+    def __call__(
+        self,
+        expression,
+        gene_names=None,
+        layer=None,
+        batch_size=64,
+        top_k=3,
+        threshold=0.0,
+        key_added="scinterpreter",
+        copy=True,
+        overwrite=False,
+        show_progress=None,
+    ):
+        r"""
+        Args:
+            expression: an AnnData, a numpy array or scipy.sparse matrix (cells x genes, with `gene_names`),
+                a pandas DataFrame (cells x genes), or one cell as a dict or Series (gene -> value).
+            gene_names (`list[str]`, *optional*): column names of a bare matrix.
+            layer (`str`, *optional*): AnnData layer to read instead of `X`.
+            batch_size (`int`, *optional*, defaults to 64): cells per forward pass.
+            top_k (`int`, *optional*, defaults to 3): labels listed per cell.
+            threshold (`float`, *optional*, defaults to 0.0): cells whose best probability is below it are
+                labelled `"Unassigned"`, as are cells with no expressed vocabulary gene.
+            key_added (`str`, *optional*, defaults to `"scinterpreter"`): AnnData only: `obs[key_added]` (labels),
+                `obs[key_added + "_score"]` (probabilities); embeddings go to `obsm["X_scinterpreter"]`.
+            copy (`bool`, *optional*, defaults to `True`): AnnData only: annotate a copy (returned as `.adata`)
+                rather than the input.
+            overwrite (`bool`, *optional*, defaults to `False`): AnnData only: allow replacing existing columns.
+
+        Returns:
+            `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell.
+        """
+        is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
+        if is_anndata:
+            keys = [key_added, f"{key_added}_score"]
+            taken = [key for key in keys if key in expression.obs.columns]
+            if EMBEDDING_KEY in expression.obsm:
+                taken.append(f"obsm['{EMBEDDING_KEY}']")
+            if taken and not overwrite:
+                raise ScInterpreterInputError(
+                    f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
+                )
+        encoded = self.processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
+        n_cells = encoded["gene_ids"].shape[0]
+        starts = range(0, n_cells, batch_size)
+        if show_progress or (show_progress is None and n_cells >= PROGRESS_MIN_CELLS):
+            starts = tqdm(starts, desc="Annotating cells", unit="batch", total=len(starts))
+        results, embeddings = CellAnnotations(), []
+        with torch.inference_mode():
+            for start in starts:
+                batch = {name: encoded[name][start : start + batch_size].to(self.device) for name in
+                         ("gene_ids", "gene_values", "gene_mask")}
+                outputs = self._forward(batch)
+                results.extend(self.postprocess(outputs, top_k=top_k, threshold=threshold))
+                embeddings.append(outputs["cell_embeddings"].float().cpu().numpy())
+        n_empty = int((encoded["gene_mask"].sum(-1) == 0).sum())
+        if n_empty:
+            logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
+        if is_anndata:
+            adata = expression.copy() if copy else expression
+            adata.obs[key_added] = [result["label"] for result in results]
+            adata.obs[key_added] = adata.obs[key_added].astype("category")
+            adata.obs[f"{key_added}_score"] = np.array([result["score"] for result in results], dtype=np.float32)
+            adata.obsm[EMBEDDING_KEY] = np.concatenate(embeddings)
+            results.adata = adata
+        return results
+
+
+__all__ = ["CellAnnotationPipeline", "CellAnnotations", "UNASSIGNED"]

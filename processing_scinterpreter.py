@@ -1,0 +1,311 @@
+"""scInterpreter processor: expression data in, each cell's top genes out as model inputs.
+
+Gene matching, normalisation and ranking live here and only here; the model never sees gene names.
+This module needs nothing but numpy and transformers: AnnData, pandas and scipy.sparse inputs are
+recognised by what they offer, not imported.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+from transformers.utils.logging import tqdm
+
+logger = logging.getLogger(__name__)
+
+MATCH_RULES = ("exact", "case")
+INPUT_KINDS = ("auto", "counts", "log1p")
+GENE_RANKINGS = ("expression", "standardized")
+MIN_MATCHED_GENES = 10
+CHUNK_SIZE = 512
+
+
+class ScInterpreterInputError(ValueError):
+    """Input the processor cannot annotate; the message says what was wrong and how to fix it."""
+
+
+@dataclass
+class GeneMatchReport:
+    """How the data's gene names matched the model's gene vocabulary."""
+
+    n_total: int
+    n_matched: int
+    by_rule: dict = field(default_factory=dict)
+    unmatched: list = field(default_factory=list)
+    n_duplicates: int = 0
+
+    @property
+    def matched_fraction(self) -> float:
+        return self.n_matched / self.n_total if self.n_total else 0.0
+
+    def summary(self) -> str:
+        rules = ", ".join(f"{rule} {count}" for rule, count in self.by_rule.items() if count)
+        text = f"{self.n_matched}/{self.n_total} genes ({self.matched_fraction:.1%}) matched the model's vocabulary"
+        if rules:
+            text += f" ({rules})"
+        if self.n_duplicates:
+            text += f"; {self.n_duplicates} names mapped to an already matched gene and were summed into it"
+        return text
+
+
+@dataclass
+class _MatchedGenes:
+    """Data columns -> vocabulary rows, ready for fast per-chunk gathering."""
+
+    report: GeneMatchReport
+    columns: np.ndarray  # data column of each matched gene, ordered by vocabulary row
+    vocab_ids: np.ndarray  # vocabulary row of each matched gene, ascending
+    extra_columns: np.ndarray  # further data columns mapped to an already matched gene ...
+    extra_targets: np.ndarray  # ... and the position in `vocab_ids` they are summed into
+
+
+def _is_anndata(data) -> bool:
+    return hasattr(data, "obs") and hasattr(data, "var_names") and hasattr(data, "X")
+
+
+def _is_sparse(matrix) -> bool:
+    return hasattr(matrix, "tocsr") and hasattr(matrix, "nnz")
+
+
+class ScInterpreterProcessor(FeatureExtractionMixin):
+    r"""
+    Turns expression data into scInterpreter inputs: per cell, the `n_top_genes` matched genes of highest normalised
+    expression (most expressed first, ties broken by vocabulary order) as `gene_ids`, `gene_values`, `gene_mask`.
+
+    Args:
+        gene_vocab (`list[str]`): the model's gene symbols; row `i` of the model's gene table is `gene_vocab[i]`.
+        n_top_genes (`int`, *optional*, defaults to 64): genes kept per cell.
+        target_sum (`float`, *optional*, defaults to 1e4): per-cell total that raw counts are scaled to before log1p.
+        input_kind (`str`, *optional*, defaults to `"auto"`): `"counts"` (raw counts: normalise and log1p),
+            `"log1p"` (already log-normalised: use as is) or `"auto"` (integers are counts, anything else log1p).
+        gene_ranking (`str`, *optional*, defaults to `"expression"`): rank genes by normalised expression, or by
+            expression standardised with `gene_mean` / `gene_std` (per-gene statistics of the training data).
+        species (`str`, *optional*, defaults to `"human"`): species of the vocabulary.
+    """
+
+    model_input_names = ["gene_ids", "gene_values", "gene_mask"]
+
+    def __init__(
+        self,
+        gene_vocab=None,
+        n_top_genes=64,
+        target_sum=1e4,
+        input_kind="auto",
+        gene_ranking="expression",
+        gene_mean=None,
+        gene_std=None,
+        species="human",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if input_kind not in INPUT_KINDS:
+            raise ScInterpreterInputError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}.")
+        if gene_ranking not in GENE_RANKINGS:
+            raise ScInterpreterInputError(f"gene_ranking must be one of {GENE_RANKINGS}, got {gene_ranking!r}.")
+        self.gene_vocab = list(gene_vocab or [])
+        self.n_top_genes = int(n_top_genes)
+        self.target_sum = float(target_sum)
+        self.input_kind = input_kind
+        self.gene_ranking = gene_ranking
+        self.gene_mean = list(gene_mean) if gene_mean is not None else None
+        self.gene_std = list(gene_std) if gene_std is not None else None
+        self.species = species
+
+    def to_dict(self):
+        output = super().to_dict()
+        return {key: value for key, value in output.items() if not key.startswith("_")}
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Gene matching
+    # ----------------------------------------------------------------------------------------------------------------
+    def _lookup_tables(self):
+        if getattr(self, "_exact_index", None) is None or len(self._exact_index) != len(set(self.gene_vocab)):
+            exact, upper = {}, {}
+            for row, symbol in enumerate(self.gene_vocab):
+                exact.setdefault(symbol, row)
+                upper.setdefault(symbol.upper(), row)
+            self._exact_index, self._upper_index = exact, upper
+        return self._exact_index, self._upper_index
+
+    def _match(self, gene_names) -> _MatchedGenes:
+        exact, upper = self._lookup_tables()
+        names = [str(name) for name in gene_names]
+        by_rule = dict.fromkeys(MATCH_RULES, 0)
+        targets, unmatched = np.full(len(names), -1, dtype=np.int64), []
+        for column, name in enumerate(names):
+            if name in exact:
+                targets[column], rule = exact[name], "exact"
+            elif name.upper() in upper:
+                targets[column], rule = upper[name.upper()], "case"
+            else:
+                unmatched.append(name)
+                continue
+            by_rule[rule] += 1
+        matched_columns = np.flatnonzero(targets >= 0)
+        vocab_ids, first = np.unique(targets[matched_columns], return_index=True)
+        columns = matched_columns[first]
+        extra = np.setdiff1d(matched_columns, columns, assume_unique=True)
+        report = GeneMatchReport(
+            n_total=len(names), n_matched=len(matched_columns), by_rule=by_rule, unmatched=unmatched,
+            n_duplicates=len(extra),
+        )
+        return _MatchedGenes(
+            report=report, columns=columns, vocab_ids=vocab_ids, extra_columns=extra,
+            extra_targets=np.searchsorted(vocab_ids, targets[extra]),
+        )
+
+    def match_genes(self, gene_names) -> GeneMatchReport:
+        """Matches gene names to the vocabulary and reports how (`n_matched`, `matched_fraction`, `by_rule`, ...)."""
+        return self._match(gene_names).report
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Input conversion
+    # ----------------------------------------------------------------------------------------------------------------
+    def _as_matrix(self, expression, gene_names=None, layer=None):
+        """Returns `(matrix, gene_names)` for any supported input; the matrix is not copied."""
+        if _is_anndata(expression):
+            if layer is not None and layer not in expression.layers:
+                raise ScInterpreterInputError(
+                    f"layer {layer!r} is not in this AnnData; it has layers {list(expression.layers.keys())}. "
+                    "Pass layer=None to use adata.X."
+                )
+            matrix = expression.X if layer is None else expression.layers[layer]
+            return matrix, list(expression.var_names) if gene_names is None else list(gene_names)
+        if hasattr(expression, "columns") and hasattr(expression, "index") and hasattr(expression, "to_numpy"):
+            return expression.to_numpy(), list(expression.columns) if gene_names is None else list(gene_names)
+        if isinstance(expression, dict) or (hasattr(expression, "index") and hasattr(expression, "to_numpy")):
+            names = list(expression.keys()) if isinstance(expression, dict) else list(expression.index)
+            values = list(expression.values()) if isinstance(expression, dict) else expression.to_numpy()
+            return np.asarray(values)[None, :], names
+        if gene_names is None:
+            raise ScInterpreterInputError(
+                "gene_names is required for a bare matrix: pass gene_names=[...] with one name per column, "
+                "or pass an AnnData or a pandas DataFrame whose columns are gene names."
+            )
+        if hasattr(expression, "detach"):
+            expression = expression.detach().cpu().numpy()
+        matrix = expression if _is_sparse(expression) else np.asarray(expression)
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        return matrix, list(gene_names)
+
+    def _check(self, matrix, gene_names):
+        if matrix.ndim != 2:
+            raise ScInterpreterInputError(f"expression must be 2-D (cells x genes), got shape {matrix.shape}.")
+        if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+            raise ScInterpreterInputError(f"expression is empty (shape {matrix.shape}): it needs cells and genes.")
+        if matrix.shape[1] != len(gene_names):
+            raise ScInterpreterInputError(
+                f"expression has {matrix.shape[1]} columns but {len(gene_names)} gene names were given: "
+                "pass exactly one gene name per column (cells are rows)."
+            )
+        dtype = matrix.dtype
+        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+            raise ScInterpreterInputError(
+                f"expression has non-numeric dtype {dtype}: convert it to numbers (e.g. `.astype('float32')`)."
+            )
+
+    def _resolve_input_kind(self, sample: np.ndarray) -> str:
+        if self.input_kind != "auto":
+            return self.input_kind
+        sample = sample[np.isfinite(sample)]
+        return "counts" if np.all(sample == np.round(sample)) else "log1p"
+
+    def _dense_chunk(self, matrix, start, stop) -> np.ndarray:
+        chunk = matrix[start:stop]
+        chunk = chunk.toarray() if _is_sparse(chunk) else np.asarray(chunk)
+        return chunk.astype(np.float32, copy=False)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Normalisation and ranking
+    # ----------------------------------------------------------------------------------------------------------------
+    def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
+        if not np.all(np.isfinite(chunk)):
+            rows = first_row + np.flatnonzero(~np.all(np.isfinite(chunk), axis=1))[:5]
+            raise ScInterpreterInputError(
+                f"expression holds NaN or infinite values (cells {rows.tolist()} ...): remove or impute them first."
+            )
+        if chunk.size and chunk.min() < 0:
+            rows = first_row + np.flatnonzero(chunk.min(axis=1) < 0)[:5]
+            raise ScInterpreterInputError(
+                f"expression holds negative values (cells {rows.tolist()} ...): scInterpreter expects raw counts "
+                "or log-normalised expression, not scaled or centred data (use adata.raw or a counts layer)."
+            )
+        values = chunk[:, matched.columns]
+        if len(matched.extra_columns):
+            np.add.at(values.T, matched.extra_targets, chunk[:, matched.extra_columns].T)
+        if input_kind == "counts":
+            totals = chunk.sum(axis=1, keepdims=True)
+            values = np.log1p(values * (self.target_sum / np.maximum(totals, 1e-12)))
+        score = values
+        if self.gene_ranking == "standardized":
+            mean = np.asarray(self.gene_mean, dtype=np.float32)[matched.vocab_ids]
+            std = np.asarray(self.gene_std, dtype=np.float32)[matched.vocab_ids]
+            score = np.where(values > 0, (values - mean) / std, -np.inf)
+        # A stable sort on the negated score keeps ties in vocabulary order, so results do not depend on the
+        # order of the data's columns.
+        order = np.argsort(-score, axis=1, kind="stable")[:, : self.n_top_genes]
+        top_values = np.take_along_axis(values, order, axis=1)
+        mask = top_values > 0
+        gene_ids = np.where(mask, matched.vocab_ids[order], 0)
+        k = self.n_top_genes
+        pad = k - gene_ids.shape[1]
+        if pad > 0:
+            gene_ids = np.pad(gene_ids, ((0, 0), (0, pad)))
+            top_values = np.pad(top_values, ((0, 0), (0, pad)))
+            mask = np.pad(mask, ((0, 0), (0, pad)))
+        return gene_ids, np.where(mask, top_values, 0.0).astype(np.float32), mask
+
+    def __call__(
+        self,
+        expression,
+        gene_names=None,
+        layer=None,
+        return_tensors="pt",
+        min_matched_genes=MIN_MATCHED_GENES,
+        show_progress=False,
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Args:
+            expression: an AnnData (its `X` or `layers[layer]`), a numpy array or scipy.sparse matrix (cells x genes,
+                with `gene_names`), a pandas DataFrame (cells x genes), or one cell as a dict or Series (gene -> value).
+            gene_names (`list[str]`, *optional*): column names; required for a bare matrix.
+            layer (`str`, *optional*): AnnData layer to read instead of `X`.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"`, `"np"` or None (lists).
+
+        Returns:
+            [`BatchFeature`] with `gene_ids` (long), `gene_values` (float) and `gene_mask` (long), each of shape
+            `(n_cells, n_top_genes)`.
+        """
+        matrix, names = self._as_matrix(expression, gene_names, layer)
+        self._check(matrix, names)
+        matched = self._match(names)
+        report = matched.report
+        if report.n_matched < min(min_matched_genes, report.n_total):
+            examples = ", ".join(report.unmatched[:5])
+            raise ScInterpreterInputError(
+                f"only {report.n_matched} of {report.n_total} gene names match the model's {self.species} gene "
+                f"vocabulary (e.g. unmatched: {examples}). The model expects gene symbols such as "
+                f"{', '.join(self.gene_vocab[:3])}; rename the genes (e.g. adata.var_names = adata.var['gene_symbols'])."
+            )
+        logger.info(report.summary())
+
+        n_cells = matrix.shape[0]
+        first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
+        input_kind = self._resolve_input_kind(first)
+        starts = range(0, n_cells, CHUNK_SIZE)
+        if show_progress and n_cells > CHUNK_SIZE:
+            starts = tqdm(starts, desc="Selecting top genes", unit="chunk")
+        parts = [
+            self._rank_chunk(first if start == 0 else self._dense_chunk(matrix, start, start + CHUNK_SIZE),
+                             matched, input_kind, start)
+            for start in starts
+        ]
+        gene_ids, gene_values, gene_mask = (np.concatenate(p) for p in zip(*parts))
+        data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+__all__ = ["GeneMatchReport", "ScInterpreterInputError", "ScInterpreterProcessor"]

@@ -1,0 +1,20 @@
+"""scInterpreter: a frozen Llama reads a cell's top genes as soft tokens and names its cell type.
+
+The model itself lives in the top-level Hub files (`configuration_scinterpreter.py`, `modeling_scinterpreter.py`,
+`processing_scinterpreter.py`, `pipeline_scinterpreter.py`); this package holds what builds and trains it.
+"""
+
+from .backbone import DEFAULT_BACKBONE, load_backbone, resolve_backbone
+from .build import build_model, register_auto_classes
+from .genes import GeneTable, build_gene_table, load_gene_descriptions
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "GeneTable",
+    "build_gene_table",
+    "build_model",
+    "load_backbone",
+    "load_gene_descriptions",
+    "register_auto_classes",
+    "resolve_backbone",
+]

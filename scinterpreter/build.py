@@ -1,0 +1,78 @@
+"""Builds a fresh scInterpreter model and processor from a backbone, a gene table and a label set."""
+
+import logging
+
+import torch
+
+from configuration_scinterpreter import DEFAULT_INSTRUCTION, ScInterpreterConfig
+from modeling_scinterpreter import ScInterpreterForCellAnnotation, select_backbone_dtype
+from processing_scinterpreter import ScInterpreterProcessor
+
+from .backbone import DEFAULT_BACKBONE, load_backbone
+from .genes import GeneTable, build_gene_table
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_TASK = "cell-annotation"
+
+
+def register_auto_classes(config: ScInterpreterConfig):
+    """Makes `save_pretrained` copy the code files and write `auto_map`, so folders load with trust_remote_code."""
+    ScInterpreterConfig.register_for_auto_class()
+    ScInterpreterForCellAnnotation.register_for_auto_class("AutoModel")
+    ScInterpreterProcessor.register_for_auto_class("AutoProcessor")
+    config.custom_pipelines = {
+        PIPELINE_TASK: {"impl": "pipeline_scinterpreter.CellAnnotationPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+    }
+
+
+def build_model(
+    labels,
+    backbone: str = DEFAULT_BACKBONE,
+    num_backbone_layers: int | None = None,
+    gene_table: GeneTable | None = None,
+    n_top_genes: int = 64,
+    instruction: str = DEFAULT_INSTRUCTION,
+    backbone_dtype: torch.dtype | None = None,
+    processor_kwargs: dict | None = None,
+    **config_kwargs,
+):
+    """
+    A new, untrained `ScInterpreterForCellAnnotation` and its `ScInterpreterProcessor`.
+
+    Args:
+        labels (`list[str]`): the cell types, in label-id order.
+        backbone (`str`): any Llama-architecture checkpoint, by Hub id or path (default: SmolLM2-135M-Instruct).
+        num_backbone_layers (`int`, *optional*): keep only the first N decoder layers (default: all).
+        gene_table (`GeneTable`, *optional*): gene vocabulary and embeddings (default: built-in human table,
+            wordllama, centred).
+        backbone_dtype (`torch.dtype`, *optional*): dtype of the frozen backbone (default: fastest on this CPU).
+    """
+    gene_table = gene_table or build_gene_table()
+    backbone_dtype = backbone_dtype or select_backbone_dtype("cpu")
+    language_model, tokenizer = load_backbone(backbone, num_backbone_layers, dtype=torch.float32)
+    config = ScInterpreterConfig(
+        text_config=language_model.config.to_dict(),
+        gene_vocab_size=len(gene_table.vocab),
+        gene_embedding_dim=gene_table.dim,
+        n_top_genes=n_top_genes,
+        instruction=instruction,
+        instruction_token_ids=tokenizer(instruction)["input_ids"],
+        species=gene_table.species,
+        gene_text_encoder=gene_table.encoder,
+        gene_table_centered=gene_table.centered,
+        gene_table_hash=gene_table.content_hash,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        backbone_name_or_path=backbone,
+        **config_kwargs,
+    )
+    register_auto_classes(config)
+    model = ScInterpreterForCellAnnotation(config)
+    model.model.language_model.load_state_dict(language_model.state_dict())
+    model.model.gene_embeddings.copy_(torch.from_numpy(gene_table.embeddings))
+    model.set_backbone_dtype(backbone_dtype).freeze_backbone()
+    processor = ScInterpreterProcessor(
+        gene_vocab=gene_table.vocab, n_top_genes=n_top_genes, species=gene_table.species, **(processor_kwargs or {})
+    )
+    return model, processor

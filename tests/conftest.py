@@ -1,0 +1,93 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+from configuration_scinterpreter import ScInterpreterConfig  # noqa: E402
+from modeling_scinterpreter import ScInterpreterForCellAnnotation  # noqa: E402
+from processing_scinterpreter import ScInterpreterProcessor  # noqa: E402
+from scinterpreter.build import register_auto_classes  # noqa: E402
+
+GENES = [f"GENE{i}" for i in range(40)] + ["CD3E", "CD19", "INS", "GCG", "NA"]
+LABELS = ["alpha", "beta", "t_cell"]
+
+
+def tiny_config(**overrides):
+    values = dict(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=64, max_position_embeddings=256),
+        gene_vocab_size=len(GENES), gene_embedding_dim=16, n_top_genes=8, projector_hidden_size=24,
+        head_hidden_size=16, instruction_token_ids=[5, 9, 11, 3],
+        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    values.update(overrides)
+    return ScInterpreterConfig(**values)
+
+
+def make_tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    register_auto_classes(config)
+    model = ScInterpreterForCellAnnotation(config)
+    model.model.gene_embeddings.copy_(torch.randn(config.gene_vocab_size, config.gene_embedding_dim))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture
+def processor():
+    return ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8)
+
+
+def make_counts(n_cells=12, n_genes=len(GENES), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.poisson(1.5, size=(n_cells, n_genes)).astype(np.float32)
+
+
+@pytest.fixture
+def counts():
+    return make_counts()
+
+
+@pytest.fixture
+def adata(counts):
+    anndata = pytest.importorskip("anndata")
+    import pandas as pd
+
+    obs = pd.DataFrame({"cell_type": [LABELS[i % 3] for i in range(len(counts))]},
+                       index=[f"cell{i}" for i in range(len(counts))])
+    return anndata.AnnData(X=counts.copy(), obs=obs, var=pd.DataFrame(index=GENES))
+
+
+@pytest.fixture
+def saved_tiny_model(tmp_path, tiny_model, processor):
+    folder = tmp_path / "tiny-model"
+    tiny_model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def shared_file(*parts):
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not here (tests read ../shared/data)")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SCINTERPRETER_SKIP_INTEGRATION"):
+        skip = pytest.mark.skip(reason="SCINTERPRETER_SKIP_INTEGRATION is set")
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,110 @@
+import pytest
+import torch
+from conftest import GENES, LABELS, make_tiny_model
+from transformers import AutoConfig, AutoModel
+
+from modeling_scinterpreter import ScInterpreterForCellAnnotation, ScInterpreterModel
+
+TRAINABLE_PREFIXES = ("model.projector.", "model.class_token", "head.")
+
+
+def batch(processor, counts):
+    return dict(processor(counts, gene_names=GENES))
+
+
+def test_outputs_are_typed_and_shaped(tiny_model, processor, counts):
+    out = tiny_model(**batch(processor, counts), labels=torch.zeros(len(counts), dtype=torch.long))
+    assert out.logits.shape == (len(counts), len(LABELS))
+    assert out.cell_embeddings.shape == (len(counts), 32)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+
+def test_base_model_returns_cell_embeddings_and_hidden_states(tiny_model, processor, counts):
+    out = tiny_model.model(**batch(processor, counts), output_hidden_states=True)
+    assert out.cell_embeddings.shape == (len(counts), 32)
+    assert len(out.hidden_states) == tiny_model.config.text_config.num_hidden_layers + 1
+
+
+def test_reused_instruction_cache_matches_a_full_forward_pass(tiny_model, processor, counts):
+    inputs = batch(processor, counts[:3])
+    inputs["gene_mask"][1, 5:] = 0
+    out = tiny_model.model(**inputs)
+    model = tiny_model.model
+    instruction = torch.tensor([tiny_model.config.instruction_token_ids])
+    for i in range(3):
+        n = int(inputs["gene_mask"][i].sum())
+        soft = model.get_gene_features(inputs["gene_ids"][i : i + 1, :n], inputs["gene_values"][i : i + 1, :n])
+        embeds = torch.cat([model.language_model.embed_tokens(instruction), soft, model.class_token[None, None]], 1)
+        expected = model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1]
+        torch.testing.assert_close(out.cell_embeddings[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cell_gets_the_same_logits_alone_or_in_a_padded_batch(tiny_model, processor, counts):
+    inputs = batch(processor, counts[:4])
+    inputs["gene_mask"][0, 3:] = 0
+    together = tiny_model(**inputs).logits
+    alone = tiny_model(**{k: v[:1] for k, v in inputs.items()}).logits
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_only_projector_class_token_and_head_are_trainable(tiny_model):
+    trainable = [name for name, p in tiny_model.named_parameters() if p.requires_grad]
+    assert trainable and all(name.startswith(TRAINABLE_PREFIXES) for name in trainable)
+    assert "model.gene_embeddings" in dict(tiny_model.named_buffers())
+
+
+def _snapshot(model):
+    return {name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def test_training_steps_and_reload_change_only_projector_class_token_and_head(tmp_path, processor, counts):
+    model = make_tiny_model().train()
+    before = _snapshot(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    inputs = batch(processor, counts)
+    labels = torch.arange(len(counts)) % len(LABELS)
+    for _ in range(3):
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = _snapshot(model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if name.startswith(TRAINABLE_PREFIXES)}
+
+    model.save_pretrained(tmp_path)
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path)
+    for name, tensor in _snapshot(reloaded).items():
+        assert torch.equal(tensor, after[name]), name
+    assert [n for n, p in reloaded.named_parameters() if p.requires_grad] == [
+        n for n, p in model.named_parameters() if p.requires_grad
+    ]
+
+
+def test_auto_model_loads_the_annotation_model_with_its_gene_table(saved_tiny_model, tiny_model, processor, counts):
+    config = AutoConfig.from_pretrained(saved_tiny_model, trust_remote_code=True)
+    assert config.model_type == "scinterpreter"
+    loaded = AutoModel.from_pretrained(saved_tiny_model, trust_remote_code=True).eval()
+    assert type(loaded).__name__ == "ScInterpreterForCellAnnotation"
+    torch.testing.assert_close(loaded.model.gene_embeddings, tiny_model.model.gene_embeddings, atol=0, rtol=0)
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(loaded(**inputs).logits, tiny_model(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_dtype_changes_only_the_backbone(tiny_model):
+    tiny_model.set_backbone_dtype(torch.bfloat16)
+    assert tiny_model.model.backbone_dtype == torch.bfloat16
+    assert tiny_model.model.projector.linear_1.weight.dtype == torch.float32
+    assert tiny_model.head.dense.weight.dtype == torch.float32
+    assert tiny_model.model.gene_embeddings.dtype == torch.float32
+
+
+def test_base_model_alone_has_no_head():
+    model = ScInterpreterModel(make_tiny_model().config)
+    assert not hasattr(model, "head")
+
+
+@pytest.mark.parametrize("n_top_genes", [1, 8])
+def test_cells_with_no_expressed_gene_still_get_logits(tiny_model, n_top_genes):
+    ids = torch.zeros(2, n_top_genes, dtype=torch.long)
+    out = tiny_model(gene_ids=ids, gene_values=torch.zeros(2, n_top_genes), gene_mask=torch.zeros_like(ids))
+    assert torch.isfinite(out.logits).all()

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from conftest import GENES, LABELS
+from transformers import pipeline
+
+from processing_scinterpreter import ScInterpreterInputError
+
+
+@pytest.fixture
+def annotate(saved_tiny_model):
+    return pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)
+
+
+def test_one_result_per_cell_with_top_k(annotate, counts):
+    results = annotate(counts, gene_names=GENES, top_k=2)
+    assert len(results) == len(counts)
+    for result in results:
+        assert result["label"] in LABELS
+        assert [t["label"] for t in result["top_k"]][0] == result["label"]
+        assert len(result["top_k"]) == 2
+        assert result["top_k"][0]["score"] >= result["top_k"][1]["score"]
+
+
+def test_labels_agree_with_the_model_logits(annotate, tiny_model, processor, counts):
+    logits = tiny_model(**processor(counts, gene_names=GENES)).logits
+    expected = [LABELS[i] for i in logits.argmax(-1).tolist()]
+    results = annotate(counts, gene_names=GENES, batch_size=5)
+    assert [r["label"] for r in results] == expected
+    probabilities = logits.softmax(-1).max(-1).values
+    assert np.allclose([r["score"] for r in results], probabilities.detach().numpy(), atol=1e-5)
+
+
+def test_anndata_is_annotated_on_a_copy_by_default(annotate, adata):
+    before_obs, before_x = adata.obs.copy(), adata.X.copy()
+    results = annotate(adata)
+    assert list(adata.obs.columns) == list(before_obs.columns) and "X_scinterpreter" not in adata.obsm
+    np.testing.assert_array_equal(adata.X, before_x)
+    annotated = results.adata
+    assert annotated is not adata
+    assert annotated.obs["scinterpreter"].tolist() == [r["label"] for r in results]
+    assert annotated.obs["scinterpreter_score"].dtype == np.float32
+    assert annotated.obsm["X_scinterpreter"].shape == (adata.n_obs, 32)
+
+
+def test_copy_false_writes_into_the_given_anndata_under_key_added(annotate, adata):
+    results = annotate(adata, copy=False, key_added="predicted")
+    assert results.adata is adata
+    assert "predicted" in adata.obs and "predicted_score" in adata.obs
+
+
+def test_existing_columns_are_not_overwritten_unless_asked(annotate, adata):
+    adata.obs["scinterpreter"] = "mine"
+    # The pipeline runs as remote code, so its error class is a copy of ours: same name, ValueError subclass.
+    with pytest.raises(ValueError, match="overwrite=True") as error:
+        annotate(adata, copy=False)
+    assert type(error.value).__name__ == ScInterpreterInputError.__name__
+    assert (adata.obs["scinterpreter"] == "mine").all()
+    annotate(adata, copy=False, overwrite=True)
+    assert set(adata.obs["scinterpreter"]) <= set(LABELS)
+
+
+def test_threshold_and_empty_cells_give_unassigned(annotate, counts):
+    counts = counts.copy()
+    counts[0] = 0
+    results = annotate(counts, gene_names=GENES)
+    assert results[0]["label"] == "Unassigned"
+    assert all(r["label"] == "Unassigned" for r in annotate(counts, gene_names=GENES, threshold=1.01))
+
+
+def test_one_cell_as_a_dict(annotate, counts):
+    results = annotate(dict(zip(GENES, counts[0].tolist())))
+    assert len(results) == 1 and results[0]["label"] in LABELS
+
+
+def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate):
+    from modeling_scinterpreter import select_backbone_dtype
+
+    assert annotate.model.model.backbone_dtype == select_backbone_dtype("cpu")
+    assert annotate.model.head.dense.weight.dtype == torch.float32

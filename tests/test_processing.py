@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+from conftest import GENES
+from transformers import AutoProcessor
+
+from processing_scinterpreter import ScInterpreterInputError, ScInterpreterProcessor
+
+
+def test_top_genes_are_the_most_expressed_in_descending_order(processor):
+    values = np.zeros((1, len(GENES)), dtype=np.float32)
+    values[0, [3, 7, 20]] = [5, 50, 10]
+    out = processor(values, gene_names=GENES, return_tensors="np")
+    assert out["gene_ids"][0, :3].tolist() == [7, 20, 3]
+    assert out["gene_mask"][0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert np.all(np.diff(out["gene_values"][0, :3]) < 0)
+
+
+def test_counts_are_normalised_to_target_sum_and_log1p(processor):
+    values = np.zeros((1, len(GENES)), dtype=np.float32)
+    values[0, :4] = [1, 2, 3, 4]
+    out = processor(values, gene_names=GENES, return_tensors="np")
+    assert np.allclose(out["gene_values"][0, 0], np.log1p(4 / 10 * 1e4), rtol=1e-5)
+
+
+def test_log_normalised_input_is_used_as_is(processor):
+    values = np.zeros((1, len(GENES)), dtype=np.float32)
+    values[0, :3] = [0.5, 2.25, 1.75]
+    out = processor(values, gene_names=GENES, return_tensors="np")
+    assert out["gene_values"][0, :3].tolist() == [2.25, 1.75, 0.5]
+
+
+def test_declared_input_kind_overrides_detection(counts):
+    as_log = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, input_kind="log1p")
+    out = as_log(counts, gene_names=GENES, return_tensors="np")
+    assert out["gene_values"].max() == counts.max()
+
+
+def test_ties_are_broken_by_vocabulary_order_whatever_the_column_order(processor, counts):
+    order = np.random.default_rng(1).permutation(len(GENES))
+    a = processor(counts, gene_names=GENES, return_tensors="np")
+    b = processor(counts[:, order], gene_names=[GENES[i] for i in order], return_tensors="np")
+    for key in ("gene_ids", "gene_values", "gene_mask"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_every_input_type_gives_the_same_inputs(processor, counts, adata):
+    pd = pytest.importorskip("pandas")
+    sparse = pytest.importorskip("scipy.sparse")
+    reference = processor(counts, gene_names=GENES)
+    variants = [
+        processor(adata),
+        processor(sparse.csr_matrix(counts), gene_names=GENES),
+        processor(pd.DataFrame(counts, columns=GENES)),
+        processor(torch.from_numpy(counts), gene_names=GENES),
+    ]
+    for out in variants:
+        for key in reference:
+            assert torch.equal(out[key], reference[key]), key
+    one = processor(dict(zip(GENES, counts[2])))
+    series = processor(pd.Series(counts[2], index=GENES))
+    for key in reference:
+        assert torch.equal(one[key][0], reference[key][2])
+        assert torch.equal(series[key][0], reference[key][2])
+
+
+def test_anndata_layer_is_read_instead_of_x(processor, adata, counts):
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = np.log1p(adata.X)
+    a = processor(adata, layer="counts")
+    b = processor(counts, gene_names=GENES)
+    assert torch.equal(a["gene_ids"], b["gene_ids"])
+
+
+def test_case_insensitive_matching_is_reported(processor):
+    names = ["cd3e", "CD19", "unknown-1", "gene3"]
+    report = processor.match_genes(names)
+    assert report.n_total == 4 and report.n_matched == 3
+    assert report.by_rule["exact"] == 1 and report.by_rule["case"] == 2
+    assert report.unmatched == ["unknown-1"]
+    assert report.matched_fraction == 0.75
+
+
+def test_duplicate_names_are_summed(processor):
+    values = np.zeros((1, 3), dtype=np.float32)
+    values[0] = [0.5, 0.25, 0.125]
+    processor.n_top_genes = 2
+    out = processor(values, gene_names=["CD3E", "cd3e", "INS"], min_matched_genes=1, return_tensors="np")
+    assert out["gene_values"][0].tolist() == [0.75, 0.125]
+    assert processor.match_genes(["CD3E", "cd3e", "INS"]).n_duplicates == 1
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda c: (c, None), "gene_names is required"),
+        (lambda c: (c[:, :-1], GENES), "columns but"),
+        (lambda c: (-c, GENES), "negative values"),
+        (lambda c: (np.where(c > 2, np.nan, c), GENES), "NaN"),
+        (lambda c: (c[:0], GENES), "empty"),
+        (lambda c: (c.astype(str), GENES), "non-numeric"),
+        (lambda c: (c, [f"probe_{i}" for i in range(c.shape[1])]), "match the model's"),
+    ],
+    ids=["no-gene-names", "shape-mismatch", "negative", "nan", "empty", "non-numeric", "no-matching-genes"],
+)
+def test_bad_input_gets_a_clear_error(processor, counts, make_input, message):
+    matrix, names = make_input(counts)
+    with pytest.raises(ScInterpreterInputError, match=message):
+        processor(matrix, gene_names=names)
+
+
+def test_saves_and_loads_with_auto_processor(tmp_path, processor, counts):
+    from scinterpreter.build import register_auto_classes
+    from conftest import tiny_config
+
+    register_auto_classes(tiny_config())
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert loaded.gene_vocab == GENES and loaded.n_top_genes == 8
+    a, b = processor(counts, gene_names=GENES), loaded(counts, gene_names=GENES)
+    assert torch.equal(a["gene_ids"], b["gene_ids"])

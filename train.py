@@ -1,0 +1,175 @@
+"""Fine-tune scInterpreter on a labelled single-cell dataset, evaluate it on held-out cells and save it.
+
+    python train.py --dataset data.h5ad --label_column cell_type [--split_file split.json] [TrainingArguments flags]
+
+Writes to --output_dir: the model folder (safetensors weights, config with auto_map, processor, code files),
+metrics.json (accuracy, macro precision / recall / F1, per-class report, timings) and confusion_matrix.png.
+Every `transformers.TrainingArguments` flag works (--num_train_epochs, --learning_rate, --push_to_hub, ...).
+"""
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, pipeline, set_seed
+
+from scinterpreter.backbone import DEFAULT_BACKBONE
+from scinterpreter.build import build_model
+from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
+from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split_cells
+from scinterpreter.evaluation import annotation_metrics, per_class_report
+from scinterpreter.genes import build_gene_table, load_gene_descriptions
+from scinterpreter.plots import plot_confusion_matrix
+
+logger = logging.getLogger("scinterpreter.train")
+
+
+@dataclass
+class ScriptArguments:
+    dataset: str = field(
+        default="came:baron_human",
+        metadata={"help": "Labelled cells: an .h5ad file, or a demo set (came:baron_human, came:baron_mouse)."},
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "obs column holding the cell types (default: cell_type, or the demo's)."}
+    )
+    layer: str | None = field(default=None, metadata={"help": "AnnData layer to read instead of X."})
+    split_file: str | None = field(default=None, metadata={"help": "JSON with `train`/`test` cell names."})
+    split_fold: str | None = field(default=None, metadata={"help": "Test batch of a leave-one-batch-out split."})
+    test_size: float = field(default=0.2, metadata={"help": "Test fraction of the stratified split (no split_file)."})
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "Llama-architecture checkpoint: Hub id or path."})
+    num_backbone_layers: int | None = field(
+        default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
+    )
+    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
+    gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
+    gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
+    center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
+    head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
+    annotate_test_cells: bool = field(default=True, metadata={"help": "Reload the saved model as a pipeline and "
+                                                                      "annotate the test cells with it."})
+
+
+@dataclass
+class ScInterpreterTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults measured for scInterpreter (see docs/experiments.md)."""
+
+    output_dir: str = field(default="outputs/scinterpreter")
+    learning_rate: float = field(default=2e-3)
+    num_train_epochs: float = field(default=6.0)
+    per_device_train_batch_size: int = field(default=16)
+    per_device_eval_batch_size: int = field(default=64)
+    lr_scheduler_type: str = field(default="cosine")
+    warmup_steps: float = field(default=0.05)
+    weight_decay: float = field(default=0.01)
+    logging_steps: float = field(default=20)
+    save_strategy: str = field(default="no")
+    seed: int = field(default=0)
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ScriptArguments, ScInterpreterTrainingArguments))
+    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    started = time.perf_counter()
+
+    dataset_path, label_column = script_args.dataset, script_args.label_column or "cell_type"
+    if script_args.dataset in DEMO_DATASETS:
+        dataset_path, demo_label_column = fetch_demo_dataset(script_args.dataset)
+        label_column = script_args.label_column or demo_label_column
+    adata = read_h5ad(dataset_path)
+    labels = check_label_column(adata, label_column)
+    train_idx, test_idx = split_cells(
+        adata, labels, script_args.split_file, script_args.split_fold, script_args.test_size, training_args.seed
+    )
+    classes = sorted(set(labels[train_idx]))
+    unseen = sorted(set(labels[test_idx]) - set(classes))
+    if unseen:
+        logger.warning(f"test labels {unseen} never occur in training; those cells are left out of the metrics")
+    label2id = {label: i for i, label in enumerate(classes)}
+    logger.info(f"{len(train_idx)} training and {len(test_idx)} test cells, {len(classes)} cell types")
+
+    descriptions = load_gene_descriptions(path=script_args.gene_descriptions) if script_args.gene_descriptions else None
+    gene_table = build_gene_table(descriptions, encoder=script_args.gene_encoder, center=script_args.center_gene_table)
+    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
+    model, processor = build_model(
+        classes,
+        backbone=script_args.backbone,
+        num_backbone_layers=num_layers,
+        gene_table=gene_table,
+        n_top_genes=script_args.n_top_genes,
+        head_hidden_size=script_args.head_hidden_size,
+        label_smoothing=script_args.label_smoothing,
+    )
+    logger.info(processor.match_genes(adata.var_names).summary())
+    encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)
+    label_ids = np.array([label2id.get(label, -1) for label in labels])
+    evaluated = test_idx[label_ids[test_idx] >= 0]
+    train_dataset = CellDataset({k: v[train_idx] for k, v in encoded.items()}, label_ids[train_idx])
+    test_dataset = CellDataset({k: v[evaluated] for k, v in encoded.items()}, label_ids[evaluated])
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset)
+    train_started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - train_started
+
+    eval_started = time.perf_counter()
+    prediction = trainer.predict(test_dataset)
+    eval_seconds = time.perf_counter() - eval_started
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    predicted = logits.argmax(-1)
+    references = label_ids[evaluated]
+    metrics = annotation_metrics(predicted, references)
+    results = {
+        "dataset": script_args.dataset,
+        "split_file": script_args.split_file,
+        "split_fold": script_args.split_fold,
+        "n_train_cells": int(len(train_idx)),
+        "n_test_cells": int(len(evaluated)),
+        "test": metrics,
+        "per_class": per_class_report(predicted, references, classes),
+        "train_seconds": round(train_seconds, 1),
+        "train_cells_per_second": round(len(train_idx) * training_args.num_train_epochs / train_seconds, 2),
+        "test_cells_per_second": round(len(evaluated) / eval_seconds, 2),
+        "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
+        "script_args": asdict(script_args),
+        "training_args": {k: training_args.to_dict()[k] for k in
+                          ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type",
+                           "warmup_steps", "weight_decay", "seed")},
+    }
+
+    trainer.save_model(str(output_dir))
+    processor.save_pretrained(str(output_dir))
+    plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
+                          title=f"scInterpreter, {Path(dataset_path).stem} test cells")
+
+    if script_args.annotate_test_cells:
+        annotate = pipeline("cell-annotation", model=str(output_dir), trust_remote_code=True)
+        test_adata = adata[test_idx].copy()
+        annotations = annotate(test_adata, batch_size=training_args.per_device_eval_batch_size)
+        agreement = float(np.mean([a["label"] == label for a, label in zip(annotations, labels[test_idx])]))
+        results["pipeline_test_accuracy"] = round(agreement, 4)
+        logger.info(f"pipeline on the saved model: {agreement:.4f} of test cells labelled as their reference")
+        counts = annotations.adata.obs["scinterpreter"].value_counts()
+        logger.info("pipeline labels of the test cells:\n" + counts.to_string())
+
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+          f"(macro precision {metrics['macro_precision']:.4f}, macro recall {metrics['macro_recall']:.4f}); "
+          f"training {train_seconds / 60:.1f} min; model and metrics.json in {output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
