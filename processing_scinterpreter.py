@@ -6,6 +6,7 @@ recognised by what they offer, not imported.
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,11 +15,12 @@ from transformers.utils.logging import tqdm
 
 logger = logging.getLogger(__name__)
 
-MATCH_RULES = ("exact", "case")
+MATCH_RULES = ("exact", "case", "alias", "ensembl", "entrez", "ortholog")
 INPUT_KINDS = ("auto", "counts", "log1p")
 GENE_RANKINGS = ("expression", "standardized")
 MIN_MATCHED_GENES = 10
 CHUNK_SIZE = 512
+ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
 
 
 class ScInterpreterInputError(ValueError):
@@ -34,6 +36,7 @@ class GeneMatchReport:
     by_rule: dict = field(default_factory=dict)
     unmatched: list = field(default_factory=list)
     n_duplicates: int = 0
+    id_style: str = "symbols"
 
     @property
     def matched_fraction(self) -> float:
@@ -60,6 +63,23 @@ class _MatchedGenes:
     extra_targets: np.ndarray  # ... and the position in `vocab_ids` they are summed into
 
 
+def detect_gene_id_style(names) -> str:
+    """What the gene names look like: "Ensembl IDs", "Entrez IDs", "mouse symbols", "symbols" or "unrecognised"."""
+    sample = [name.strip() for name in names[:2000] if name.strip()]
+    if not sample:
+        return "unrecognised"
+    share = lambda test: sum(map(test, sample)) / len(sample)  # noqa: E731
+    if share(lambda n: ENSEMBL_ID.fullmatch(n.upper()) is not None) > 0.5:
+        return "Ensembl IDs"
+    if share(str.isdigit) > 0.5:
+        return "Entrez IDs"
+    if share(lambda n: n[:1].isupper() and any(c.islower() for c in n[1:])) > 0.5:
+        return "mouse symbols"
+    if share(lambda n: n[:1].isalpha() and len(n) <= 20) > 0.5:
+        return "symbols"
+    return "unrecognised"
+
+
 def _is_anndata(data) -> bool:
     return hasattr(data, "obs") and hasattr(data, "var_names") and hasattr(data, "X")
 
@@ -82,6 +102,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         gene_ranking (`str`, *optional*, defaults to `"expression"`): rank genes by normalised expression, or by
             expression standardised with `gene_mean` / `gene_std` (per-gene statistics of the training data).
         species (`str`, *optional*, defaults to `"human"`): species of the vocabulary.
+        alias_map, ensembl_map, entrez_map, ortholog_map (`dict[str, str]`, *optional*): aliases and previous
+            symbols, Ensembl gene IDs (no version), Entrez IDs, and other-species symbols (mouse MGI) -> a symbol of
+            the vocabulary. Names are matched by these rules in turn: exact symbol, case, alias, Ensembl ID (any
+            version suffix), Entrez ID, ortholog (tried right after exact for mouse-style symbols).
     """
 
     model_input_names = ["gene_ids", "gene_values", "gene_mask"]
@@ -96,6 +120,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         gene_mean=None,
         gene_std=None,
         species="human",
+        alias_map=None,
+        ensembl_map=None,
+        entrez_map=None,
+        ortholog_map=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,6 +139,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.gene_mean = list(gene_mean) if gene_mean is not None else None
         self.gene_std = list(gene_std) if gene_std is not None else None
         self.species = species
+        self.alias_map = dict(alias_map or {})
+        self.ensembl_map = dict(ensembl_map or {})
+        self.entrez_map = dict(entrez_map or {})
+        self.ortholog_map = dict(ortholog_map or {})
 
     def to_dict(self):
         output = super().to_dict()
@@ -120,27 +152,52 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
     # Gene matching
     # ----------------------------------------------------------------------------------------------------------------
     def _lookup_tables(self):
-        if getattr(self, "_exact_index", None) is None or len(self._exact_index) != len(set(self.gene_vocab)):
+        if getattr(self, "_lookups", None) is None or self._lookups[0] != len(self.gene_vocab):
             exact, upper = {}, {}
             for row, symbol in enumerate(self.gene_vocab):
                 exact.setdefault(symbol, row)
                 upper.setdefault(symbol.upper(), row)
-            self._exact_index, self._upper_index = exact, upper
-        return self._exact_index, self._upper_index
+            upper_alias = {alias.upper(): symbol for alias, symbol in self.alias_map.items()}
+            upper_ortholog = {mouse.upper(): human for mouse, human in self.ortholog_map.items()}
+            self._lookups = (len(self.gene_vocab), exact, upper, upper_alias, upper_ortholog)
+        return self._lookups[1:]
+
+    def _match_one(self, name: str, rules, tables):
+        exact, upper, upper_alias, upper_ortholog = tables
+        key = name.strip().upper()
+        for rule in rules:
+            if rule == "exact":
+                row = exact.get(name)
+            elif rule == "case":
+                row = upper.get(key)
+            elif rule == "alias":
+                row = exact.get(upper_alias.get(key))
+            elif rule == "ensembl":
+                row = exact.get(self.ensembl_map.get(key.split(".")[0])) if key.startswith("ENS") else None
+            elif rule == "entrez":
+                row = exact.get(self.entrez_map.get(key)) if key.isdigit() else None
+            else:  # ortholog: the human ortholog's symbol, itself matched by symbol or alias
+                human = upper_ortholog.get(key)
+                row = None if human is None else exact.get(human, exact.get(upper_alias.get(human.upper())))
+            if row is not None:
+                return row, rule
+        return None, None
 
     def _match(self, gene_names) -> _MatchedGenes:
-        exact, upper = self._lookup_tables()
         names = [str(name) for name in gene_names]
+        style = detect_gene_id_style(names)
+        # For mouse symbols the ortholog comes before the upper-cased name: "Ins1" is INS, not a human "INS1".
+        # Orthologs are only for names in the other species' style.
+        rules = ("exact", "ortholog", "case", "alias", "ensembl", "entrez") if style == "mouse symbols" else MATCH_RULES[:-1]
+        tables = self._lookup_tables()
         by_rule = dict.fromkeys(MATCH_RULES, 0)
         targets, unmatched = np.full(len(names), -1, dtype=np.int64), []
         for column, name in enumerate(names):
-            if name in exact:
-                targets[column], rule = exact[name], "exact"
-            elif name.upper() in upper:
-                targets[column], rule = upper[name.upper()], "case"
-            else:
+            row, rule = self._match_one(name, rules, tables)
+            if row is None:
                 unmatched.append(name)
                 continue
+            targets[column] = row
             by_rule[rule] += 1
         matched_columns = np.flatnonzero(targets >= 0)
         vocab_ids, first = np.unique(targets[matched_columns], return_index=True)
@@ -148,7 +205,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         extra = np.setdiff1d(matched_columns, columns, assume_unique=True)
         report = GeneMatchReport(
             n_total=len(names), n_matched=len(matched_columns), by_rule=by_rule, unmatched=unmatched,
-            n_duplicates=len(extra),
+            n_duplicates=len(extra), id_style=style,
         )
         return _MatchedGenes(
             report=report, columns=columns, vocab_ids=vocab_ids, extra_columns=extra,
@@ -158,6 +215,23 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
     def match_genes(self, gene_names) -> GeneMatchReport:
         """Matches gene names to the vocabulary and reports how (`n_matched`, `matched_fraction`, `by_rule`, ...)."""
         return self._match(gene_names).report
+
+    def _too_few_matches_message(self, report: GeneMatchReport) -> str:
+        understood = ["{} symbols (e.g. {})".format(self.species, ", ".join(self.gene_vocab[:2]))]
+        if self.alias_map:
+            understood.append("their aliases and previous symbols")
+        if self.ensembl_map:
+            understood.append("Ensembl gene IDs (e.g. ENSG00000105383, any version suffix)")
+        if self.entrez_map:
+            understood.append("Entrez IDs")
+        if self.ortholog_map:
+            understood.append("mouse symbols (e.g. Cd3e), through orthologs")
+        return (
+            f"only {report.n_matched} of {report.n_total} gene names match the model's gene vocabulary. The names "
+            f"look like {report.id_style} (e.g. {', '.join(report.unmatched[:4])}); the model understands "
+            f"{'; '.join(understood)}. Pass gene names of one of those kinds: for an AnnData, e.g. "
+            "adata.var_names = adata.var['gene_symbols'], or gene_names=... for a matrix."
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Input conversion
@@ -220,7 +294,8 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # Normalisation and ranking
     # ----------------------------------------------------------------------------------------------------------------
-    def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
+    def _normalize_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int) -> np.ndarray:
+        """Checked, log-normalised expression of the matched genes (columns in vocabulary order)."""
         if not np.all(np.isfinite(chunk)):
             rows = first_row + np.flatnonzero(~np.all(np.isfinite(chunk), axis=1))[:5]
             raise ScInterpreterInputError(
@@ -238,6 +313,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         if input_kind == "counts":
             totals = chunk.sum(axis=1, keepdims=True)
             values = np.log1p(values * (self.target_sum / np.maximum(totals, 1e-12)))
+        return values
+
+    def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
+        values = self._normalize_chunk(chunk, matched, input_kind, first_row)
         score = values
         if self.gene_ranking == "standardized":
             mean = np.asarray(self.gene_mean, dtype=np.float32)[matched.vocab_ids]
@@ -256,6 +335,38 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             top_values = np.pad(top_values, ((0, 0), (0, pad)))
             mask = np.pad(mask, ((0, 0), (0, pad)))
         return gene_ids, np.where(mask, top_values, 0.0).astype(np.float32), mask
+
+    def _map_chunks(self, function, expression, gene_names, layer, min_matched_genes, show_progress):
+        """Checks and matches the input once, then applies `function` to each chunk of cells (dense)."""
+        matrix, names = self._as_matrix(expression, gene_names, layer)
+        self._check(matrix, names)
+        matched = self._match(names)
+        report = matched.report
+        if report.n_matched < min(min_matched_genes, report.n_total):
+            raise ScInterpreterInputError(self._too_few_matches_message(report))
+        logger.info(report.summary())
+        n_cells = matrix.shape[0]
+        first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
+        input_kind = self._resolve_input_kind(first)
+        starts = range(0, n_cells, CHUNK_SIZE)
+        if show_progress and n_cells > CHUNK_SIZE:
+            starts = tqdm(starts, desc="Selecting top genes", unit="chunk")
+        return [
+            function(first if start == 0 else self._dense_chunk(matrix, start, start + CHUNK_SIZE), matched,
+                     input_kind, start)
+            for start in starts
+        ], matched
+
+    def normalize(self, expression, gene_names=None, layer=None, min_matched_genes=MIN_MATCHED_GENES):
+        """
+        Log-normalised expression of every matched gene, the way the model sees it, before the top-gene cut.
+
+        Returns:
+            `(values, gene_ids)`: a float32 array `(n_cells, n_matched_genes)` and the vocabulary row of each column.
+        """
+        parts, matched = self._map_chunks(self._normalize_chunk, expression, gene_names, layer, min_matched_genes,
+                                          show_progress=False)
+        return np.concatenate(parts), matched.vocab_ids
 
     def __call__(
         self,
@@ -279,30 +390,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             [`BatchFeature`] with `gene_ids` (long), `gene_values` (float) and `gene_mask` (long), each of shape
             `(n_cells, n_top_genes)`.
         """
-        matrix, names = self._as_matrix(expression, gene_names, layer)
-        self._check(matrix, names)
-        matched = self._match(names)
-        report = matched.report
-        if report.n_matched < min(min_matched_genes, report.n_total):
-            examples = ", ".join(report.unmatched[:5])
-            raise ScInterpreterInputError(
-                f"only {report.n_matched} of {report.n_total} gene names match the model's {self.species} gene "
-                f"vocabulary (e.g. unmatched: {examples}). The model expects gene symbols such as "
-                f"{', '.join(self.gene_vocab[:3])}; rename the genes (e.g. adata.var_names = adata.var['gene_symbols'])."
-            )
-        logger.info(report.summary())
-
-        n_cells = matrix.shape[0]
-        first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
-        input_kind = self._resolve_input_kind(first)
-        starts = range(0, n_cells, CHUNK_SIZE)
-        if show_progress and n_cells > CHUNK_SIZE:
-            starts = tqdm(starts, desc="Selecting top genes", unit="chunk")
-        parts = [
-            self._rank_chunk(first if start == 0 else self._dense_chunk(matrix, start, start + CHUNK_SIZE),
-                             matched, input_kind, start)
-            for start in starts
-        ]
+        parts, _ = self._map_chunks(self._rank_chunk, expression, gene_names, layer, min_matched_genes, show_progress)
         gene_ids, gene_values, gene_mask = (np.concatenate(p) for p in zip(*parts))
         data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, pipeline, set_seed
+from transformers import HfArgumentParser, TrainingArguments, pipeline, set_seed
 
 from scinterpreter.backbone import DEFAULT_BACKBONE
 from scinterpreter.build import build_model
@@ -25,6 +25,7 @@ from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 from scinterpreter.plots import plot_confusion_matrix
+from scinterpreter.trainer import ScInterpreterTrainer
 
 logger = logging.getLogger("scinterpreter.train")
 
@@ -46,7 +47,7 @@ class ScriptArguments:
     num_backbone_layers: int | None = field(
         default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
     )
-    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
+    n_top_genes: int = field(default=128, metadata={"help": "Gene soft tokens per cell."})
     gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
     gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
     center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
@@ -116,7 +117,9 @@ def main(argv=None):
     train_dataset = CellDataset({k: v[train_idx] for k, v in encoded.items()}, label_ids[train_idx])
     test_dataset = CellDataset({k: v[evaluated] for k, v in encoded.items()}, label_ids[evaluated])
 
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset)
+    trainer = ScInterpreterTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor
+    )
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - train_started
@@ -147,7 +150,6 @@ def main(argv=None):
     }
 
     trainer.save_model(str(output_dir))
-    processor.save_pretrained(str(output_dir))
     plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
                           title=f"scInterpreter, {Path(dataset_path).stem} test cells")
 

@@ -9,7 +9,7 @@ from modeling_scinterpreter import ScInterpreterForCellAnnotation, select_backbo
 from processing_scinterpreter import ScInterpreterProcessor
 
 from .backbone import DEFAULT_BACKBONE, load_backbone
-from .genes import GeneTable, build_gene_table
+from .genes import GeneTable, build_gene_table, load_gene_id_maps
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def build_model(
     model.model.gene_embeddings.copy_(torch.from_numpy(gene_table.embeddings))
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
     processor = ScInterpreterProcessor(
-        gene_vocab=gene_table.vocab, n_top_genes=n_top_genes, species=gene_table.species, **(processor_kwargs or {})
+        gene_vocab=gene_table.vocab, n_top_genes=n_top_genes, species=gene_table.species,
+        **load_gene_id_maps(gene_table.vocab), **(processor_kwargs or {}),
     )
     return model, processor

