@@ -39,6 +39,8 @@ class ScInterpreterConfig(PretrainedConfig):
             Content hash of the gene-embedding table (vocabulary, encoder, descriptions).
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the cross-entropy loss.
+        class_weights (`list[float]`, *optional*):
+            Per-label weights of the cross-entropy loss (e.g. to weigh rare cell types up); none by default.
     """
 
     model_type = "scinterpreter"
@@ -60,6 +62,7 @@ class ScInterpreterConfig(PretrainedConfig):
         gene_table_centered=False,
         gene_table_hash=None,
         label_smoothing=0.0,
+        class_weights=None,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -85,6 +88,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.gene_table_centered = gene_table_centered
         self.gene_table_hash = gene_table_hash
         self.label_smoothing = label_smoothing
+        self.class_weights = list(class_weights) if class_weights is not None else None
         super().__init__(**kwargs)
 
 

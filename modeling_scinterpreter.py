@@ -1,7 +1,7 @@
 """PyTorch scInterpreter: a frozen Llama decoder reads gene soft tokens and annotates the cell."""
 
+import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -13,11 +13,14 @@ from transformers.utils import ModelOutput
 
 try:
     from .configuration_scinterpreter import ScInterpreterConfig
+    from .processing_scinterpreter import ScInterpreterInputError
 except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
     from configuration_scinterpreter import ScInterpreterConfig
+    from processing_scinterpreter import ScInterpreterInputError
 
 TRAINABLE_MODULES = ("projector", "class_token", "head")
-PIPELINE_FILE = "pipeline_scinterpreter.py"
+GENE_TABLE_KEY = "model.gene_embeddings"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _FASTEST_DTYPE = {}
 
 
@@ -138,16 +141,52 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # Weights are read from safetensors only: never unpickle a file from someone else.
+        kwargs.setdefault("use_safetensors", True)
+        if os.path.isdir(str(pretrained_model_name_or_path)):
+            _check_model_folder(str(pretrained_model_name_or_path))
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.
-        return super().from_pretrained(*args, **kwargs).freeze_backbone()
+        return model.freeze_backbone()
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        # The `cell-annotation` pipeline named in the config lives in its own file: ship it with the model.
-        pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE)
-        if getattr(self.config, "custom_pipelines", None) and os.path.isfile(pipeline_file):
-            shutil.copy(pipeline_file, os.path.join(save_directory, PIPELINE_FILE))
+
+def _check_model_folder(folder: str):
+    """Clear errors for folders that are not scInterpreter model folders, before transformers reads them."""
+    names = set(os.listdir(folder))
+    if "config.json" not in names:
+        raise ScInterpreterInputError(f"{folder} holds no config.json: it is not a saved scInterpreter model folder.")
+    weights = [name for name in names if name.endswith(".safetensors")]
+    if not weights:
+        pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+        found = f" only pickle files ({', '.join(pickles)})," if pickles else ""
+        raise ScInterpreterInputError(
+            f"{folder} holds{found} no .safetensors weights. scInterpreter loads safetensors only, since "
+            "unpickling can run arbitrary code; re-save the model with `save_pretrained` (safetensors by default)."
+        )
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    expected = [config.get("gene_vocab_size"), config.get("gene_embedding_dim")]
+    for name in weights:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(os.path.join(folder, name), framework="pt") as handle:
+                if GENE_TABLE_KEY in handle.keys():
+                    found = list(handle.get_slice(GENE_TABLE_KEY).get_shape())
+                    if found != expected:
+                        raise ScInterpreterInputError(
+                            f"{folder}: the gene table in {name} is {found[0]} genes x {found[1]} but config.json "
+                            f"says {expected[0]} x {expected[1]}; the config and the weights come from different "
+                            "models. Re-save the model, or restore the matching config.json."
+                        )
+        except ScInterpreterInputError:
+            raise
+        except Exception as error:
+            raise ScInterpreterInputError(
+                f"{folder}/{name} cannot be read as safetensors ({error}); the file is damaged or incomplete: "
+                "download or save the model again."
+            ) from error
 
 
 class ScInterpreterModel(ScInterpreterPreTrainedModel):
@@ -295,8 +334,11 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         logits = self.head(outputs.cell_embeddings.to(self.head.dense.weight.dtype))
         loss = None
         if labels is not None:
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
             loss = nn.functional.cross_entropy(
-                logits.float(), labels.to(logits.device), label_smoothing=self.config.label_smoothing
+                logits.float(), labels.to(logits.device), weight=weight, label_smoothing=self.config.label_smoothing
             )
         return CellAnnotationOutput(
             loss=loss, logits=logits, cell_embeddings=outputs.cell_embeddings, hidden_states=outputs.hidden_states

@@ -7,6 +7,7 @@ recognised by what they offer, not imported.
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -281,10 +282,22 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             )
 
     def _resolve_input_kind(self, sample: np.ndarray) -> str:
-        if self.input_kind != "auto":
-            return self.input_kind
         sample = sample[np.isfinite(sample)]
-        return "counts" if np.all(sample == np.round(sample)) else "log1p"
+        integers = bool(np.all(sample == np.round(sample)))
+        if self.input_kind == "auto":
+            return "counts" if integers else "log1p"
+        # A declared kind is trusted, unless the data plainly contradicts it.
+        if self.input_kind == "log1p" and integers and sample.size and sample.max() > 30:
+            raise ScInterpreterInputError(
+                f"the data was declared log-normalised (input_kind='log1p') but holds integers up to {sample.max():g}, "
+                "which look like raw counts: pass input_kind='counts' (or 'auto') to normalise them."
+            )
+        if self.input_kind == "counts" and not integers:
+            raise ScInterpreterInputError(
+                "the data was declared raw counts (input_kind='counts') but holds non-integer values, which look "
+                "log-normalised already: pass input_kind='log1p' (or 'auto'), or give the counts layer (layer=...)."
+            )
+        return self.input_kind
 
     def _dense_chunk(self, matrix, start, stop) -> np.ndarray:
         chunk = matrix[start:stop]
@@ -345,6 +358,12 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         if report.n_matched < min(min_matched_genes, report.n_total):
             raise ScInterpreterInputError(self._too_few_matches_message(report))
         logger.info(report.summary())
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+        if repeated:
+            logger.warning(
+                f"{len(repeated)} gene names appear more than once (e.g. {', '.join(map(str, repeated[:5]))}); "
+                "their values are summed into one gene."
+            )
         n_cells = matrix.shape[0]
         first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
         input_kind = self._resolve_input_kind(first)
@@ -392,6 +411,11 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         """
         parts, _ = self._map_chunks(self._rank_chunk, expression, gene_names, layer, min_matched_genes, show_progress)
         gene_ids, gene_values, gene_mask = (np.concatenate(p) for p in zip(*parts))
+        if not gene_mask.any():
+            raise ScInterpreterInputError(
+                f"no cell expresses any of the model's genes (all {len(gene_mask)} cells are zero on the matched "
+                "genes): check that the matrix holds expression values and that cells are rows."
+            )
         data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 

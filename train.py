@@ -53,6 +53,11 @@ class ScriptArguments:
     center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
     head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
+    class_weighting: str = field(
+        default="none",
+        metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse "
+                          "(normalised to mean 1)."},
+    )
     annotate_test_cells: bool = field(default=True, metadata={"help": "Reload the saved model as a pipeline and "
                                                                       "annotate the test cells with it."})
 
@@ -72,6 +77,17 @@ class ScInterpreterTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=20)
     save_strategy: str = field(default="no")
     seed: int = field(default=0)
+
+
+def loss_class_weights(train_labels, classes, scheme: str):
+    """Per-class loss weights from training counts (`none`, `sqrt_inverse` or `inverse`), mean 1."""
+    if scheme == "none":
+        return None
+    if scheme not in ("sqrt_inverse", "inverse"):
+        raise ValueError(f"--class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
+    counts = np.array([np.sum(train_labels == label) for label in classes], dtype=np.float64)
+    weights = 1.0 / (np.sqrt(counts) if scheme == "sqrt_inverse" else counts)
+    return (weights / weights.mean()).round(6).tolist()
 
 
 def main(argv=None):
@@ -98,6 +114,7 @@ def main(argv=None):
     label2id = {label: i for i, label in enumerate(classes)}
     logger.info(f"{len(train_idx)} training and {len(test_idx)} test cells, {len(classes)} cell types")
 
+    class_weights = loss_class_weights(labels[train_idx], classes, script_args.class_weighting)
     descriptions = load_gene_descriptions(path=script_args.gene_descriptions) if script_args.gene_descriptions else None
     gene_table = build_gene_table(descriptions, encoder=script_args.gene_encoder, center=script_args.center_gene_table)
     num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
@@ -109,6 +126,7 @@ def main(argv=None):
         n_top_genes=script_args.n_top_genes,
         head_hidden_size=script_args.head_hidden_size,
         label_smoothing=script_args.label_smoothing,
+        class_weights=class_weights,
     )
     logger.info(processor.match_genes(adata.var_names).summary())
     encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)

@@ -1,6 +1,8 @@
 """Builds a fresh scInterpreter model and processor from a backbone, a gene table and a label set."""
 
 import logging
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,7 @@ from .genes import GeneTable, build_gene_table, load_gene_id_maps
 logger = logging.getLogger(__name__)
 
 PIPELINE_TASK = "cell-annotation"
+PIPELINE_FILE = Path(__file__).resolve().parent.parent / "pipeline_scinterpreter.py"
 
 
 def register_auto_classes(config: ScInterpreterConfig):
@@ -24,6 +27,20 @@ def register_auto_classes(config: ScInterpreterConfig):
     config.custom_pipelines = {
         PIPELINE_TASK: {"impl": "pipeline_scinterpreter.CellAnnotationPipeline", "pt": ["AutoModel"], "type": "multimodal"}
     }
+
+
+def save_model_folder(model, processor, folder, state_dict=None):
+    """
+    Writes a Hub model folder: weights (safetensors), config with `auto_map` and `custom_pipelines`, processor,
+    and the code files, the `cell-annotation` pipeline's included.
+    """
+    folder = Path(folder)
+    register_auto_classes(model.config)
+    model.save_pretrained(folder, state_dict=state_dict)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    shutil.copy(PIPELINE_FILE, folder / PIPELINE_FILE.name)
+    return folder
 
 
 def build_model(

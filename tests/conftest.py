@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO))
 from configuration_scinterpreter import ScInterpreterConfig  # noqa: E402
 from modeling_scinterpreter import ScInterpreterForCellAnnotation  # noqa: E402
 from processing_scinterpreter import ScInterpreterProcessor  # noqa: E402
-from scinterpreter.build import register_auto_classes  # noqa: E402
+from scinterpreter.build import register_auto_classes, save_model_folder  # noqa: E402
 
 GENES = [f"GENE{i}" for i in range(40)] + ["CD3E", "CD19", "INS", "GCG", "NA"]
 LABELS = ["alpha", "beta", "t_cell"]
@@ -72,10 +72,7 @@ def adata(counts):
 
 @pytest.fixture
 def saved_tiny_model(tmp_path, tiny_model, processor):
-    folder = tmp_path / "tiny-model"
-    tiny_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_model_folder(tiny_model, processor, tmp_path / "tiny-model")
 
 
 def shared_file(*parts):
