@@ -90,7 +90,7 @@ def loss_class_weights(train_labels, classes, scheme: str):
     return (weights / weights.mean()).round(6).tolist()
 
 
-def main(argv=None):
+def main(argv=None, callbacks=None):
     parser = HfArgumentParser((ScriptArguments, ScInterpreterTrainingArguments))
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
@@ -136,10 +136,13 @@ def main(argv=None):
     test_dataset = CellDataset({k: v[evaluated] for k, v in encoded.items()}, label_ids[evaluated])
 
     trainer = ScInterpreterTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor
+        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor, callbacks=callbacks
     )
     train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the newest checkpoint in --output_dir
+    trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - train_started
 
     eval_started = time.perf_counter()

@@ -80,9 +80,11 @@ def load_backbone_config(name_or_path: str = DEFAULT_BACKBONE, num_layers: int |
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     if num_layers is not None:
-        if not 0 < num_layers <= config.num_hidden_layers:
-            raise ValueError(f"num_backbone_layers must be in 1..{config.num_hidden_layers}, got {num_layers}.")
-        config.num_hidden_layers = num_layers
+        if num_layers > config.num_hidden_layers:
+            logger.warning(f"{name_or_path} has {config.num_hidden_layers} layers, fewer than the {num_layers} asked "
+                           "for: using all of them")
+            num_layers = config.num_hidden_layers
+        config.num_hidden_layers = max(1, num_layers)
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[:num_layers]
     return config

@@ -1,18 +1,31 @@
 """`Trainer` for scInterpreter: safetensors and JSON only, and checkpoints without the frozen backbone."""
 
+import json
+import random
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .build import save_model_folder
 
+OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
+SCHEDULER_JSON = "scheduler.json"
+
+
+def _rng_file(args, suffix):
+    return f"rng_state.{suffix}" if args.world_size <= 1 else f"rng_state_{args.process_index}.{suffix}"
+
 
 class ScInterpreterTrainer(Trainer):
     """
-    A `Trainer` whose model folders hold no pickle (training arguments go to `training_args.json`) and whose
-    checkpoints hold only the trained weights: the backbone and gene table are frozen, so resuming needs only the
-    projector, class token and head (`Trainer` reloads checkpoints non-strictly).
+    A `Trainer` that writes no pickle: model folders get `training_args.json`, and checkpoints keep the optimizer,
+    scheduler and random-number states as safetensors + JSON instead of `torch.save` files. Checkpoints hold only
+    the trained weights (projector, class token, head): the backbone and gene table are frozen, and `Trainer`
+    reloads checkpoints non-strictly, so `--resume_from_checkpoint` works with them.
     """
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -25,3 +38,54 @@ class ScInterpreterTrainer(Trainer):
             state_dict = {name: tensor for name, tensor in (state_dict or model.state_dict()).items() if name in trained}
         save_model_folder(model, self.processing_class, output_dir, state_dict=state_dict)
         (output_dir / "training_args.json").write_text(self.args.to_json_string())
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        state = self.optimizer.state_dict()
+        tensors = {f"{index}.{name}": value.contiguous() for index, values in state["state"].items()
+                   for name, value in values.items() if torch.is_tensor(value)}
+        save_file(tensors, output_dir / OPTIMIZER_TENSORS)
+        (output_dir / OPTIMIZER_JSON).write_text(json.dumps({"param_groups": state["param_groups"]}))
+        (output_dir / SCHEDULER_JSON).write_text(json.dumps(self.lr_scheduler.state_dict(), default=lambda _: None))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not (Path(checkpoint) / OPTIMIZER_TENSORS).is_file():
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        checkpoint = Path(checkpoint)
+        state = {}
+        for key, value in load_file(checkpoint / OPTIMIZER_TENSORS).items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        param_groups = json.loads((checkpoint / OPTIMIZER_JSON).read_text())["param_groups"]
+        self.optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+        scheduler_state = json.loads((checkpoint / SCHEDULER_JSON).read_text())
+        self.lr_scheduler.load_state_dict({k: v for k, v in scheduler_state.items() if v is not None})
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        version, mt_state, gauss = random.getstate()
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        tensors = {"cpu": torch.random.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
+        if torch.cuda.is_available():
+            tensors["cuda"] = torch.cuda.random.get_rng_state()
+        save_file(tensors, output_dir / _rng_file(self.args, "safetensors"))
+        (output_dir / _rng_file(self.args, "json")).write_text(json.dumps({
+            "python": [version, list(mt_state), gauss], "numpy": [kind, int(position), int(has_gauss), float(cached)],
+        }))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not (Path(checkpoint) / _rng_file(self.args, "safetensors")).is_file():
+            return super()._load_rng_state(checkpoint)
+        tensors = load_file(Path(checkpoint) / _rng_file(self.args, "safetensors"))
+        states = json.loads((Path(checkpoint) / _rng_file(self.args, "json")).read_text())
+        version, mt_state, gauss = states["python"]
+        random.setstate((version, tuple(mt_state), gauss))
+        kind, position, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.random.set_rng_state(tensors["cpu"])
+        if torch.cuda.is_available() and "cuda" in tensors:
+            torch.cuda.random.set_rng_state(tensors["cuda"])

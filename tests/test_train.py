@@ -1,52 +1,10 @@
 import json
 
-import numpy as np
 import pytest
-import torch
-from conftest import shared_file
-from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+from conftest import make_marker_dataset, make_tiny_backbone, shared_file
+from transformers import AutoModel
 
 import train
-
-WORDS = "what is the cell type of this given embedding ?".split()
-
-
-def make_tiny_backbone(folder):
-    """A random 2-layer Llama with a word-level tokenizer: a stand-in backbone for fast tests."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {word: i for i, word in enumerate(["[UNK]", *WORDS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=256)
-    LlamaModel(config).save_pretrained(folder)
-    return folder
-
-
-def make_marker_dataset(path, n_per_class=30, seed=0):
-    """Three cell types, each with its own highly expressed marker genes, as raw counts."""
-    import anndata
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    markers = {"T cell": ["CD3E", "CD3D", "CD2", "IL7R"], "B cell": ["CD19", "MS4A1", "CD79A", "CD79B"],
-               "beta": ["INS", "IAPP", "PCSK1", "NKX6-1"]}
-    background = ["ACTB", "GAPDH", "B2M", "MALAT1", "RPL13", "RPS27", "TMSB4X", "EEF1A1", "FTL", "TPT1"]
-    genes = [g for names in markers.values() for g in names] + background + ["not-a-gene-1", "not-a-gene-2"]
-    counts, labels = [], []
-    for label, names in markers.items():
-        block = rng.poisson(2.0, size=(n_per_class, len(genes)))
-        block[:, [genes.index(g) for g in names]] += rng.poisson(30, size=(n_per_class, len(names)))
-        counts.append(block)
-        labels += [label] * n_per_class
-    obs = pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))])
-    adata = anndata.AnnData(np.concatenate(counts).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
-    adata.write_h5ad(path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
