@@ -26,6 +26,7 @@ from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 from scinterpreter.plots import plot_confusion_matrix
 from scinterpreter.trainer import ScInterpreterTrainer
+from processing_scinterpreter import ScInterpreterInputError
 
 logger = logging.getLogger("scinterpreter.train")
 
@@ -57,6 +58,10 @@ class ScriptArguments:
         default="none",
         metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse "
                           "(normalised to mean 1)."},
+    )
+    unseen_test_labels: str = field(
+        default="error",
+        metadata={"help": "Test cells whose type never occurs in training: error, or drop them from the metrics."},
     )
     annotate_test_cells: bool = field(default=True, metadata={"help": "Reload the saved model as a pipeline and "
                                                                       "annotate the test cells with it."})
@@ -109,6 +114,11 @@ def main(argv=None, callbacks=None):
     )
     classes = sorted(set(labels[train_idx]))
     unseen = sorted(set(labels[test_idx]) - set(classes))
+    if unseen and script_args.unseen_test_labels != "drop":
+        raise ScInterpreterInputError(
+            f"test cells of type {unseen} have no training cells, so the model cannot learn those labels. "
+            "Change the split, or pass --unseen_test_labels drop to leave those cells out of the metrics."
+        )
     if unseen:
         logger.warning(f"test labels {unseen} never occur in training; those cells are left out of the metrics")
     label2id = {label: i for i, label in enumerate(classes)}

@@ -78,3 +78,119 @@ def test_duplicated_gene_names_are_summed_with_a_warning(processor, counts, capl
     with caplog.at_level("WARNING"):
         processor(counts, gene_names=names)
     assert "appear more than once" in caplog.text and GENES[0] in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every row of the README's "Bad input" table: what is passed, and the words the error must contain.
+# ---------------------------------------------------------------------------------------------------------------------
+def _matrix_case(make):
+    def run(ctx):
+        matrix, names = make(ctx["counts"])
+        ctx["processor"](matrix, gene_names=names)
+    return run
+
+
+def _train_case(make_args):
+    def run(ctx):
+        import train
+
+        train.main(make_args(ctx) + ["--output_dir", str(ctx["tmp"] / "out"), "--gene_encoder", "random"])
+    return run
+
+
+def _load_case(damage):
+    def run(ctx):
+        from modeling_scinterpreter import ScInterpreterForCellAnnotation
+
+        folder = ctx["saved"]
+        damage(folder)
+        ScInterpreterForCellAnnotation.from_pretrained(folder)
+    return run
+
+
+def _relabel(path, column, values):
+    import anndata
+
+    adata = anndata.read_h5ad(path)
+    adata.obs[column] = values(adata)
+    adata.write_h5ad(path)
+    return path
+
+
+BAD_INPUTS = [
+    ("bare matrix without gene names", _matrix_case(lambda c: (c, None)), "gene_names is required"),
+    ("matrix width differs from gene_names", _matrix_case(lambda c: (c[:, :-1], GENES)), "44 columns but 45 gene names"),
+    ("no matching genes (random strings)", _matrix_case(lambda c: (c, [f"zz{i}q" for i in range(c.shape[1])])),
+     "match the model's gene vocabulary"),
+    ("negative values (scaled data)", _matrix_case(lambda c: (c - 1, GENES)), "negative values"),
+    ("NaN values", _matrix_case(lambda c: (np.where(c > 3, np.nan, c), GENES)), "NaN or infinite"),
+    ("infinite values", _matrix_case(lambda c: (np.where(c > 3, np.inf, c), GENES)), "NaN or infinite"),
+    ("every cell empty", _matrix_case(lambda c: (0 * c, GENES)), "no cell expresses any"),
+    ("object dtype", _matrix_case(lambda c: (c.astype(object), GENES)), "non-numeric dtype"),
+    ("text values", _matrix_case(lambda c: (c.astype(str), GENES)), "non-numeric dtype"),
+    ("0 cells", _matrix_case(lambda c: (c[:0], GENES)), "is empty"),
+    ("0 genes", _matrix_case(lambda c: (c[:, :0], [])), "is empty"),
+    ("counts declared log-normalised",
+     lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, input_kind="log1p")(ctx["counts"] * 40, gene_names=GENES),
+     "declared log-normalised"),
+    ("log-normalised data declared counts",
+     lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, input_kind="counts")(np.log1p(ctx["counts"]),
+                                                                              gene_names=GENES),
+     "declared raw counts"),
+    ("unknown AnnData layer", lambda ctx: ctx["processor"](ctx["adata"], layer="spliced"), "layer 'spliced' is not"),
+    ("existing obs column without overwrite", lambda ctx: ctx["annotate"]()(ctx["adata_with_column"], copy=False),
+     "overwrite=True"),
+    ("label column missing", _train_case(lambda ctx: ["--dataset", str(ctx["h5ad"]), "--label_column", "celltype"]),
+     "label column 'celltype' is not in adata.obs"),
+    ("label column with one class",
+     _train_case(lambda ctx: ["--dataset", str(_relabel(ctx["h5ad"], "cell_type", lambda a: "T"))]),
+     "holds a single class"),
+    ("test labels unseen in training",
+     _train_case(lambda ctx: ["--dataset", str(ctx["h5ad"]), "--split_file", str(ctx["split_with_unseen"])]),
+     "have no training cells"),
+    ("file that is not .h5ad", _train_case(lambda ctx: ["--dataset", str(ctx["not_h5ad"])]), "not an .h5ad file"),
+    ("missing .h5ad file", _train_case(lambda ctx: ["--dataset", str(ctx["tmp"] / "nope.h5ad")]), "does not exist"),
+    ("model folder without config", _load_case(lambda f: (f / "config.json").unlink()), "no config.json"),
+    ("model folder with a pickle instead of safetensors",
+     _load_case(lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin")), "only pickle files"),
+    ("damaged weights file",
+     _load_case(lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:64])),
+     "damaged or incomplete"),
+    ("config whose gene table does not match the weights",
+     _load_case(lambda f: (f / "config.json").write_text(
+         (f / "config.json").read_text().replace('"gene_vocab_size": 45', '"gene_vocab_size": 50'))),
+     "come from different models"),
+]
+
+
+@pytest.fixture
+def bad_input_context(tmp_path, processor, counts, adata, saved_tiny_model):
+    import json
+
+    from conftest import make_marker_dataset
+
+    h5ad = make_marker_dataset(tmp_path / "cells.h5ad")
+    import anndata
+
+    cells = anndata.read_h5ad(h5ad)
+    test = [name for name, label in zip(cells.obs_names, cells.obs["cell_type"]) if label == "beta"]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [n for n in cells.obs_names if n not in set(test)], "test": test}))
+    not_h5ad = tmp_path / "cells.csv.h5ad"
+    not_h5ad.write_text("cell,CD3E\nc1,3\n")
+    with_column = adata.copy()
+    with_column.obs["scinterpreter"] = "mine"
+    return {
+        "tmp": tmp_path, "processor": processor, "counts": counts, "adata": adata, "saved": saved_tiny_model,
+        "h5ad": h5ad, "split_with_unseen": split, "not_h5ad": not_h5ad, "adata_with_column": with_column,
+        "annotate": lambda: pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True),
+    }
+
+
+@pytest.mark.parametrize("case, run, message", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_gets_our_error_naming_the_problem(case, run, message, bad_input_context):
+    with pytest.raises(ValueError, match=message) as error:
+        run(bad_input_context)
+    # Our own error type (the pipeline's is the remote-code copy of the same class).
+    assert type(error.value).__name__ == "ScInterpreterInputError", (case, type(error.value))
+    assert "torch" not in type(error.value).__module__ and "numpy" not in type(error.value).__module__
