@@ -25,6 +25,7 @@ from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 from scinterpreter.plots import plot_confusion_matrix
+from scinterpreter.model_card import write_model_card
 from scinterpreter.trainer import ScInterpreterTrainer
 from processing_scinterpreter import ScInterpreterInputError
 
@@ -138,7 +139,6 @@ def main(argv=None, callbacks=None):
         label_smoothing=script_args.label_smoothing,
         class_weights=class_weights,
     )
-    logger.info(processor.match_genes(adata.var_names).summary())
     encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)
     label_ids = np.array([label2id.get(label, -1) for label in labels])
     evaluated = test_idx[label_ids[test_idx] >= 0]
@@ -164,6 +164,9 @@ def main(argv=None, callbacks=None):
     metrics = annotation_metrics(predicted, references)
     results = {
         "dataset": script_args.dataset,
+        "label_column": label_column,
+        "test_size": script_args.test_size,
+        "gene_match": processor.match_genes(adata.var_names).summary(),
         "split_file": script_args.split_file,
         "split_fold": script_args.split_fold,
         "n_train_cells": int(len(train_idx)),
@@ -181,6 +184,7 @@ def main(argv=None, callbacks=None):
     }
 
     trainer.save_model(str(output_dir))
+    write_model_card(output_dir, results, model, training_args.hub_model_id)
     plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
                           title=f"scInterpreter, {Path(dataset_path).stem} test cells")
 

@@ -39,7 +39,7 @@ def test_train_learns_marker_genes(tiny_run):
 def test_train_writes_no_pickle(tiny_run):
     out, _ = tiny_run
     suffixes = {path.suffix for path in out.rglob("*") if path.is_file()}
-    assert suffixes <= {".json", ".safetensors", ".py", ".png"}, suffixes
+    assert suffixes <= {".json", ".safetensors", ".py", ".png", ".md"}, suffixes
 
 
 def test_unknown_label_column_is_a_clear_error(tmp_path):
@@ -70,3 +70,17 @@ def test_real_smollm2_backbone_learns_baron_human_pancreas(tmp_path):
     ])
     assert results["test"]["accuracy"] > 0.8
     assert results["n_test_cells"] == 429
+
+
+def test_model_card_has_valid_hub_metadata(tiny_run):
+    import yaml
+
+    out, results = tiny_run
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert header["license"] == "mit" and header["library_name"] == "transformers"
+    assert {"single-cell", "cell-type-annotation", "custom_code"} <= set(header["tags"])
+    metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == results["test"]
+    assert 'pipeline("cell-annotation"' in text and "## Intended use and limits" in text

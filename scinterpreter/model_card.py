@@ -1,0 +1,107 @@
+"""The model card (`README.md` with Hub metadata) that `train.py` writes into a saved model folder."""
+
+from pathlib import Path
+
+import yaml
+
+CARD_TEMPLATE = """---
+{metadata}---
+
+# {title}
+
+A [scInterpreter](https://arxiv.org/abs/2402.12405) cell-type annotator: a frozen **{backbone}** ({layers} decoder
+layers) reads each cell's {k} most expressed genes as soft tokens (text embeddings of gene descriptions, weighted by
+expression, through a trained projector) after the instruction "{instruction}", and a trained head classifies the
+class token. Only the projector, class token and head were trained ({trainable:,} parameters).
+
+## Use
+
+```python
+from transformers import pipeline
+
+annotate = pipeline("cell-annotation", model="{repo}", trust_remote_code=True)
+result = annotate(adata)          # AnnData (raw counts or log-normalised), matrix + gene_names, or one cell
+result.adata.obs["scinterpreter"]  # labels; scores in obs["scinterpreter_score"], embeddings in obsm["X_scinterpreter"]
+```
+
+## Training data and split
+
+- data: `{dataset}` (label column `{label_column}`), {n_train} training and {n_test} test cells
+- split: {split}
+- gene names matched to the {species} vocabulary: {match}
+
+## Evaluation (held-out test cells)
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+Per cell type (F1 / support):
+
+| cell type | F1 | test cells |
+|---|---|---|
+{class_rows}
+
+## Labels
+
+{labels}
+
+## Intended use and limits
+
+- For annotating single cells of the same tissue, species and assay as the training data. Labels outside the
+  training set cannot be predicted; use `threshold=` to mark unsure cells `Unassigned`.
+- Macro-averaged metrics on classes with few test cells move in large steps; read them with the per-class table.
+- Gene text comes from NCBI-style descriptions built from Debian's org.Hs.eg.db and GO.db (Entrez Gene 2022), not
+  the paper's GPT embeddings of NCBI summaries.
+- Logistic regression on log-normalised expression is a strong baseline for this task; compare before relying on
+  this model.
+"""
+
+
+def write_model_card(folder, results: dict, model, repo_id: str | None = None) -> Path:
+    """Writes `folder/README.md` from `train.py`'s results: Hub metadata header, data, metrics, labels, limits."""
+    config = model.config
+    test = results["test"]
+    metadata = {
+        "library_name": "transformers",
+        "license": "mit",
+        "pipeline_tag": "other",
+        "tags": ["single-cell", "scRNA-seq", "cell-type-annotation", "scinterpreter", "biology", "custom_code"],
+        "base_model": config.backbone_name_or_path if hasattr(config, "backbone_name_or_path") else None,
+        "model-index": [{
+            "name": Path(folder).name,
+            "results": [{
+                "task": {"type": "cell-annotation", "name": "Cell type annotation"},
+                "dataset": {"type": Path(results["dataset"]).stem, "name": Path(results["dataset"]).stem},
+                "metrics": [{"type": name, "value": value, "name": name} for name, value in test.items()],
+            }],
+        }],
+    }
+    metadata = {key: value for key, value in metadata.items() if value is not None}
+    split = results.get("split_file") or f"stratified {1 - results.get('test_size', 0.2):.0%}/{results.get('test_size', 0.2):.0%}"
+    if results.get("split_fold"):
+        split += f", test batch {results['split_fold']}"
+    card = CARD_TEMPLATE.format(
+        metadata=yaml.safe_dump(metadata, sort_keys=False),
+        title=f"scInterpreter cell annotator: {Path(results['dataset']).stem}",
+        backbone=getattr(config, "backbone_name_or_path", "Llama"),
+        layers=config.text_config.num_hidden_layers,
+        k=config.n_top_genes,
+        instruction=config.instruction,
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        repo=repo_id or str(folder),
+        dataset=results["dataset"],
+        label_column=results.get("label_column", "cell_type"),
+        n_train=results["n_train_cells"],
+        n_test=results["n_test_cells"],
+        split=split,
+        species=config.species,
+        match=results.get("gene_match", "see training log"),
+        metric_rows="\n".join(f"| {name} | {value:.4f} |" for name, value in test.items()),
+        class_rows="\n".join(f"| {name} | {row['f1-score']:.3f} | {int(row['support'])} |"
+                             for name, row in results["per_class"].items()),
+        labels=", ".join(f"`{label}`" for label in config.id2label.values()),
+    )
+    path = Path(folder) / "README.md"
+    path.write_text(card)
+    return path
