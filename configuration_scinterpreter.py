@@ -25,6 +25,8 @@ class ScInterpreterConfig(PretrainedConfig):
             Hidden width of the classification head.
         head_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the head's last layer.
+        head_norm (`bool`, *optional*, defaults to `False`):
+            Whether the head starts with a LayerNorm of the cell embedding.
         instruction (`str`, *optional*):
             The instruction text the backbone reads before the gene tokens.
         instruction_token_ids (`list[int]`, *optional*):
@@ -55,6 +57,7 @@ class ScInterpreterConfig(PretrainedConfig):
         projector_hidden_size=None,
         head_hidden_size=256,
         head_dropout=0.1,
+        head_norm=False,
         instruction=DEFAULT_INSTRUCTION,
         instruction_token_ids=None,
         species="human",
@@ -81,6 +84,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.projector_hidden_size = projector_hidden_size or text_config.hidden_size
         self.head_hidden_size = head_hidden_size
         self.head_dropout = head_dropout
+        self.head_norm = head_norm
         self.instruction = instruction
         self.instruction_token_ids = list(instruction_token_ids or [])
         self.species = species

@@ -99,17 +99,21 @@ class ScInterpreterProjector(nn.Module):
 
 
 class ScInterpreterClassificationHead(nn.Module):
-    """MLP from the class token's hidden state to label scores."""
+    """
+    MLP from the class token's hidden state to label scores. A LayerNorm comes first when `config.head_norm`:
+    LLM hidden states carry a few dimensions with large constant offsets, which slow the head's training.
+    """
 
     def __init__(self, config: ScInterpreterConfig):
         super().__init__()
+        self.norm = nn.LayerNorm(config.text_config.hidden_size) if config.head_norm else nn.Identity()
         self.dense = nn.Linear(config.text_config.hidden_size, config.head_hidden_size)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(config.head_dropout)
         self.out_proj = nn.Linear(config.head_hidden_size, config.num_labels)
 
     def forward(self, cell_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.dropout(self.act(self.dense(cell_embeddings))))
+        return self.out_proj(self.dropout(self.act(self.dense(self.norm(cell_embeddings)))))
 
 
 class ScInterpreterPreTrainedModel(PreTrainedModel):

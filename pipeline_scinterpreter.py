@@ -22,9 +22,13 @@ PROGRESS_MIN_CELLS = 1024
 
 
 class CellAnnotations(list):
-    """One `{"label", "score", "top_k"}` dict per cell; `.adata` holds the annotated AnnData when one was given."""
+    """
+    One `{"label", "score", "top_k"}` dict per cell; `.embeddings` holds the cell embeddings (cells x hidden size)
+    and `.adata` the annotated AnnData when one was given.
+    """
 
     adata = None
+    embeddings = None
 
 
 class CellAnnotationPipeline(Pipeline):
@@ -135,6 +139,7 @@ class CellAnnotationPipeline(Pipeline):
                 outputs = self._forward(batch)
                 results.extend(self.postprocess(outputs, top_k=top_k, threshold=threshold))
                 embeddings.append(outputs["cell_embeddings"].float().cpu().numpy())
+        results.embeddings = np.concatenate(embeddings)
         n_empty = int((encoded["gene_mask"].sum(-1) == 0).sum())
         if n_empty:
             logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
@@ -143,7 +148,7 @@ class CellAnnotationPipeline(Pipeline):
             adata.obs[key_added] = [result["label"] for result in results]
             adata.obs[key_added] = adata.obs[key_added].astype("category")
             adata.obs[f"{key_added}_score"] = np.array([result["score"] for result in results], dtype=np.float32)
-            adata.obsm[EMBEDDING_KEY] = np.concatenate(embeddings)
+            adata.obsm[EMBEDDING_KEY] = results.embeddings
             results.adata = adata
         return results
 

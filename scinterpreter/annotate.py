@@ -1,0 +1,136 @@
+"""Annotate `.h5ad` files of any size: read in chunks (backed mode), write results as they come, resume after a kill.
+
+    python -m scinterpreter.annotate cells.h5ad --model outputs/scinterpreter --out cells_annotated/
+
+The output folder holds, per chunk of cells, `chunk_NNNNN.tsv` (cell, label, score) and
+`chunk_NNNNN.safetensors` (cell embeddings), plus `progress.json`, rewritten atomically after each chunk. A
+rerun with the same arguments skips the chunks already written, so a killed job loses at most the chunk in flight
+and redoes no finished cell. `read_annotations(out)` gathers the results; `--write_h5ad` adds them to a copy of
+the input as `obs[key_added]`, `obs[key_added + "_score"]` and `obsm["X_scinterpreter"]`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from transformers.utils.logging import tqdm
+
+logger = logging.getLogger(__name__)
+
+PROGRESS = "progress.json"
+
+
+def _atomic_write(path: Path, text: str):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.0, layer=None, max_chunks=None):
+    """
+    Annotates the cells of `path` chunk by chunk without loading the whole matrix.
+
+    Args:
+        path: the `.h5ad` file (opened in backed mode).
+        model: a model folder / Hub id, or a `cell-annotation` pipeline.
+        out: output folder (created; reused to resume).
+        chunk_size (`int`): cells read and written at a time.
+        max_chunks (`int`, *optional*): stop after this many new chunks (for tests and trial runs).
+
+    Returns:
+        `dict` with `n_cells`, `n_done`, `cells_per_second` of this call.
+    """
+    from transformers import pipeline
+
+    from .data import read_h5ad
+
+    annotate = model if callable(model) else pipeline("cell-annotation", model=str(model), trust_remote_code=True)
+    adata = read_h5ad(path, backed="r")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_cells = adata.n_obs
+    n_chunks = (n_cells + chunk_size - 1) // chunk_size
+    progress_file = out / PROGRESS
+    settings = {"source": str(Path(path).resolve()), "n_cells": n_cells, "chunk_size": chunk_size}
+    done = 0
+    if progress_file.is_file():
+        progress = json.loads(progress_file.read_text())
+        if {key: progress.get(key) for key in settings} != settings:
+            raise ValueError(f"{out} holds results of another run ({progress_file}); use a new --out folder.")
+        done = progress["chunks_done"]
+        logger.info(f"Resuming: {done} of {n_chunks} chunks already annotated in {out}")
+    started, annotated = time.perf_counter(), 0
+    bar = tqdm(total=n_cells, initial=min(done * chunk_size, n_cells), unit="cells", desc="Annotating",
+               dynamic_ncols=True)
+    genes = list(adata.var_names)
+    for chunk in range(done, n_chunks):
+        if max_chunks is not None and chunk - done >= max_chunks:
+            break
+        start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, n_cells)
+        rows = adata.X[start:stop] if layer is None else adata.layers[layer][start:stop]
+        results = annotate(rows, gene_names=genes, batch_size=batch_size, threshold=threshold, show_progress=False)
+        names = adata.obs_names[start:stop]
+        lines = [f"{cell}\t{r['label']}\t{r['score']:.6f}" for cell, r in zip(names, results)]
+        (out / f"chunk_{chunk:05d}.tsv").write_text("cell\tlabel\tscore\n" + "\n".join(lines) + "\n")
+        save_file({"cell_embeddings": np.ascontiguousarray(results.embeddings)}, out / f"chunk_{chunk:05d}.safetensors")
+        _atomic_write(progress_file, json.dumps({**settings, "chunks_done": chunk + 1}))
+        annotated += stop - start
+        bar.update(stop - start)
+    bar.close()
+    seconds = time.perf_counter() - started
+    n_done = min(json.loads(progress_file.read_text())["chunks_done"] * chunk_size, n_cells) if progress_file.is_file() else 0
+    return {"n_cells": n_cells, "n_done": n_done, "cells_annotated_now": annotated,
+            "cells_per_second": annotated / seconds if seconds > 0 else 0.0}
+
+
+def read_annotations(out):
+    """All finished chunks of `out`: `(cells, labels, scores, embeddings)`."""
+    import pandas as pd
+
+    out = Path(out)
+    n_chunks = json.loads((out / PROGRESS).read_text())["chunks_done"]
+    tables = [pd.read_csv(out / f"chunk_{i:05d}.tsv", sep="\t", keep_default_na=False, dtype={"cell": str})
+              for i in range(n_chunks)]
+    table = pd.concat(tables, ignore_index=True)
+    embeddings = np.concatenate([load_file(out / f"chunk_{i:05d}.safetensors")["cell_embeddings"]
+                                 for i in range(n_chunks)])
+    return table["cell"].to_numpy(), table["label"].to_numpy(), table["score"].to_numpy(np.float32), embeddings
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("h5ad")
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--out", required=True, help="output folder (reused to resume)")
+    parser.add_argument("--chunk_size", type=int, default=4096)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--threshold", type=float, default=0.0)
+    parser.add_argument("--layer", default=None)
+    parser.add_argument("--write_h5ad", default=None, help="also write a copy of the input with the annotation")
+    parser.add_argument("--key_added", default="scinterpreter")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    summary = annotate_h5ad(args.h5ad, args.model, args.out, args.chunk_size, args.batch_size, args.threshold,
+                            args.layer)
+    print(json.dumps(summary))
+    if args.write_h5ad:
+        from .data import read_h5ad
+
+        adata = read_h5ad(args.h5ad)
+        cells, labels, scores, embeddings = read_annotations(args.out)
+        if len(cells) != adata.n_obs:
+            raise ValueError(f"{args.out} holds {len(cells)} of {adata.n_obs} cells: finish the run first.")
+        adata.obs[args.key_added] = labels
+        adata.obs[args.key_added] = adata.obs[args.key_added].astype("category")
+        adata.obs[f"{args.key_added}_score"] = scores
+        adata.obsm["X_scinterpreter"] = embeddings
+        adata.write_h5ad(args.write_h5ad)
+
+
+if __name__ == "__main__":
+    main()
