@@ -21,6 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments, pipeline, set_seed
 from scinterpreter.backbone import DEFAULT_BACKBONE
 from scinterpreter.build import build_model
 from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
+from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
 from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split_cells
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
@@ -36,7 +37,8 @@ logger = logging.getLogger("scinterpreter.train")
 class ScriptArguments:
     dataset: str = field(
         default="came:baron_human",
-        metadata={"help": "Labelled cells: an .h5ad file, or a demo set (came:baron_human, came:baron_mouse)."},
+        metadata={"help": "Labelled cells: an .h5ad file, a Hub dataset id or local dataset folder (sparse-row "
+                          "layout, see scinterpreter/hf_datasets.py), or a demo set (came:baron_human, came:baron_mouse)."},
     )
     label_column: str | None = field(
         default=None, metadata={"help": "obs column holding the cell types (default: cell_type, or the demo's)."}
@@ -109,7 +111,10 @@ def main(argv=None, callbacks=None):
     if script_args.dataset in DEMO_DATASETS:
         dataset_path, demo_label_column = fetch_demo_dataset(script_args.dataset)
         label_column = script_args.label_column or demo_label_column
-    adata = read_h5ad(dataset_path)
+    if str(dataset_path).endswith(".h5ad"):
+        adata = read_h5ad(dataset_path)
+    else:  # a Hub dataset id or a local dataset folder: labels arrive as obs["cell_type"]
+        adata = dataset_to_anndata(load_cells(dataset_path))
     labels = check_label_column(adata, label_column)
     train_idx, test_idx = split_cells(
         adata, labels, script_args.split_file, script_args.split_fold, script_args.test_size, training_args.seed
@@ -176,7 +181,9 @@ def main(argv=None, callbacks=None):
         "test": metrics,
         "per_class": per_class_report(predicted, references, classes),
         "train_seconds": round(train_seconds, 1),
-        "train_cells_per_second": round(len(train_idx) * training_args.num_train_epochs / train_seconds, 2),
+        "train_cells_per_second": round(
+            trainer.state.global_step * training_args.train_batch_size * training_args.world_size / train_seconds, 2
+        ),
         "test_cells_per_second": round(len(evaluated) / eval_seconds, 2),
         "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
         "script_args": asdict(script_args),
