@@ -7,7 +7,6 @@ recognised by what they offer, not imported.
 
 import logging
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -358,11 +357,12 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         if report.n_matched < min(min_matched_genes, report.n_total):
             raise ScInterpreterInputError(self._too_few_matches_message(report))
         logger.info(report.summary())
-        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-        if repeated:
+        if report.n_duplicates:
+            examples = [f"{names[column]} -> {self.gene_vocab[matched.vocab_ids[target]]}"
+                        for column, target in zip(matched.extra_columns[:5], matched.extra_targets[:5])]
             logger.warning(
-                f"{len(repeated)} gene names appear more than once (e.g. {', '.join(map(str, repeated[:5]))}); "
-                "their values are summed into one gene."
+                f"{report.n_duplicates} gene names appear more than once or map to a gene already matched "
+                f"(e.g. {', '.join(examples)}); their values are summed into one gene."
             )
         n_cells = matrix.shape[0]
         first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))

@@ -101,3 +101,20 @@ def test_gene_table_is_cached_by_content_and_centred():
     assert np.array_equal(first.embeddings, second.embeddings)
     assert np.abs(first.embeddings.mean(0)).max() < 0.05
     assert np.allclose(np.linalg.norm(first.embeddings, axis=1), 1, atol=1e-5)
+
+
+def test_mean_pooled_encoder_ignores_padding(tmp_path):
+    """The `minilm` and `backbone` encoders mean-pool hidden states over real tokens only."""
+    from conftest import make_tiny_backbone
+    from transformers import AutoTokenizer, LlamaModel
+
+    from scinterpreter.genes import _mean_pooled
+
+    folder = make_tiny_backbone(tmp_path / "backbone")
+    model, tokenizer = LlamaModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = "[UNK]"
+    texts = ["what is the cell type", "cell"]
+    together = _mean_pooled(model, tokenizer, texts, max_tokens=16)
+    alone = _mean_pooled(model, tokenizer, texts[1:], max_tokens=16)
+    assert together.shape == (2, 32)
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)

@@ -77,7 +77,7 @@ def test_duplicated_gene_names_are_summed_with_a_warning(processor, counts, capl
     names[1] = names[0]
     with caplog.at_level("WARNING"):
         processor(counts, gene_names=names)
-    assert "appear more than once" in caplog.text and GENES[0] in caplog.text
+    assert "appear more than once" in caplog.text and f"{GENES[0]} -> {GENES[0]}" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
