@@ -25,7 +25,7 @@ class ScInterpreterConfig(PretrainedConfig):
             Hidden width of the classification head.
         head_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the head's last layer.
-        head_norm (`bool`, *optional*, defaults to `True`):
+        head_norm (`bool`, *optional*, defaults to `False`):
             Whether the head starts with a LayerNorm of the cell embedding.
         instruction (`str`, *optional*):
             The instruction text the backbone reads before the gene tokens.
@@ -57,7 +57,7 @@ class ScInterpreterConfig(PretrainedConfig):
         projector_hidden_size=None,
         head_hidden_size=256,
         head_dropout=0.1,
-        head_norm=True,
+        head_norm=False,
         instruction=DEFAULT_INSTRUCTION,
         instruction_token_ids=None,
         species="human",

@@ -56,7 +56,7 @@ class ScriptArguments:
     gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
     center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
     head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
-    head_norm: bool = field(default=True, metadata={"help": "LayerNorm the cell embedding before the head."})
+    head_norm: bool = field(default=False, metadata={"help": "LayerNorm the cell embedding before the head."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_weighting: str = field(
         default="none",
