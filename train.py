@@ -85,6 +85,7 @@ class ScInterpreterTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01)
     logging_steps: float = field(default=20)
     save_strategy: str = field(default="no")
+    dataloader_pin_memory: bool = field(default=False)
     seed: int = field(default=0)
 
 
