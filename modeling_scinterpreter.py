@@ -27,8 +27,8 @@ _FASTEST_DTYPE = {}
 def select_backbone_dtype(device="cpu") -> torch.dtype:
     """
     The dtype the frozen backbone runs fastest in on `device`: bfloat16 on GPUs that support it and on CPUs
-    that run it natively, else float32. On a CPU this is measured once per process, since CPUs without native
-    bfloat16 (AVX2 only) run it many times slower than float32.
+    that run it natively (AVX512_BF16 or AMX), else float32: CPUs without native bfloat16 (AVX2 only) run it many
+    times slower than float32. Where torch cannot tell the CPU's features, a short matmul timing decides.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -36,17 +36,24 @@ def select_backbone_dtype(device="cpu") -> torch.dtype:
     if device.type != "cpu":
         return torch.float32
     if "cpu" not in _FASTEST_DTYPE:
-        timings = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            a = torch.randn(256, 576, dtype=dtype)
-            b = torch.randn(576, 1536, dtype=dtype)
-            a @ b  # warm-up
-            start = time.perf_counter()
-            for _ in range(8):
-                a @ b
-            timings[dtype] = time.perf_counter() - start
-        # bfloat16 must win clearly: it also costs precision.
-        _FASTEST_DTYPE["cpu"] = torch.bfloat16 if timings[torch.bfloat16] < 0.7 * timings[torch.float32] else torch.float32
+        native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        if native_bf16 is not None:
+            # A capability check, not a timing: every process (a resumed training run too) picks the same dtype.
+            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+            _FASTEST_DTYPE["cpu"] = torch.bfloat16 if native_bf16() or amx() else torch.float32
+        else:
+            timings = {}
+            for dtype in (torch.float32, torch.bfloat16):
+                a = torch.randn(256, 576, dtype=dtype)
+                b = torch.randn(576, 1536, dtype=dtype)
+                a @ b  # warm-up
+                start = time.perf_counter()
+                for _ in range(8):
+                    a @ b
+                timings[dtype] = time.perf_counter() - start
+            # bfloat16 must win clearly: it also costs precision.
+            fast = timings[torch.bfloat16] < 0.7 * timings[torch.float32]
+            _FASTEST_DTYPE["cpu"] = torch.bfloat16 if fast else torch.float32
     return _FASTEST_DTYPE["cpu"]
 
 
