@@ -155,7 +155,10 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         # Weights are read from safetensors only: never unpickle a file from someone else.
         kwargs.setdefault("use_safetensors", True)
-        if os.path.isdir(str(pretrained_model_name_or_path)):
+        path = str(pretrained_model_name_or_path)
+        if path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(path)):
+            raise ScInterpreterInputError(f"{path} does not exist: pass a saved model folder or a Hub model id.")
+        if os.path.isdir(path):
             _check_model_folder(str(pretrained_model_name_or_path))
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.

@@ -151,6 +151,9 @@ BAD_INPUTS = [
     ("file that is not .h5ad", _train_case(lambda ctx: ["--dataset", str(ctx["not_h5ad"])]), "not an .h5ad file"),
     ("missing .h5ad file", _train_case(lambda ctx: ["--dataset", str(ctx["tmp"] / "nope.h5ad")]), "does not exist"),
     ("model folder without config", _load_case(lambda f: (f / "config.json").unlink()), "no config.json"),
+    ("model folder that does not exist",
+     lambda ctx: __import__("modeling_scinterpreter").ScInterpreterForCellAnnotation.from_pretrained(
+         str(ctx["tmp"] / "no-such-model")), "does not exist: pass a saved model folder"),
     ("model folder with a pickle instead of safetensors",
      _load_case(lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin")), "only pickle files"),
     ("damaged weights file",
