@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import HfArgumentParser, TrainingArguments, pipeline, set_seed
 
 from scinterpreter.backbone import DEFAULT_BACKBONE
