@@ -43,6 +43,19 @@ class ScInterpreterConfig(PretrainedConfig):
             Label smoothing of the cross-entropy loss.
         class_weights (`list[float]`, *optional*):
             Per-label weights of the cross-entropy loss (e.g. to weigh rare cell types up); none by default.
+        soft_token_rms (`float`, *optional*):
+            When set, each soft token is rescaled to this root-mean-square value (SmolLM2's token embeddings have
+            about 0.14), so the backbone reads gene tokens at the scale of the text tokens it was trained on.
+        gene_offsets (`bool`, *optional*, defaults to `False`):
+            Whether a trainable per-gene vector is added to the frozen text embeddings (beyond the paper).
+        cell_pooling (`str`, *optional*, defaults to `"class_token"`):
+            `"class_token"`: the cell embedding is the backbone's output at the class token (the paper).
+            `"mean"`: the backbone is skipped and the cell embedding is the mean of the cell's soft tokens
+            (the no-LLM ablation).
+        adapter_only (`bool`, *optional*, defaults to `False`):
+            Set by `save_pretrained(..., adapter_only=True)`: the folder holds only the trained weights, and
+            `from_pretrained` loads the backbone from `backbone_name_or_path` and the gene table from
+            scInterpreter's cache by `gene_table_hash`.
     """
 
     model_type = "scinterpreter"
@@ -66,6 +79,10 @@ class ScInterpreterConfig(PretrainedConfig):
         gene_table_hash=None,
         label_smoothing=0.0,
         class_weights=None,
+        soft_token_rms=None,
+        gene_offsets=False,
+        cell_pooling="class_token",
+        adapter_only=False,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -93,6 +110,12 @@ class ScInterpreterConfig(PretrainedConfig):
         self.gene_table_hash = gene_table_hash
         self.label_smoothing = label_smoothing
         self.class_weights = list(class_weights) if class_weights is not None else None
+        if cell_pooling not in ("class_token", "mean"):
+            raise ValueError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
+        self.soft_token_rms = soft_token_rms
+        self.gene_offsets = gene_offsets
+        self.cell_pooling = cell_pooling
+        self.adapter_only = adapter_only
         super().__init__(**kwargs)
 
 

@@ -18,7 +18,7 @@ except ImportError:  # imported as a top-level module (installed package, tests)
     from configuration_scinterpreter import ScInterpreterConfig
     from processing_scinterpreter import ScInterpreterInputError
 
-TRAINABLE_MODULES = ("projector", "class_token", "head")
+TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets")
 GENE_TABLE_KEY = "model.gene_embeddings"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _FASTEST_DTYPE = {}
@@ -132,13 +132,16 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
-    _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings"]
+    _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, ScInterpreterModel):
             std = module.config.text_config.initializer_range
             init.normal_(module.class_token, mean=0.0, std=std)
+            if module.gene_offsets is not None:
+                # Training starts from the paper's frozen text embeddings.
+                init.zeros_(module.gene_offsets.weight)
 
     def freeze_backbone(self):
         """Freezes everything but the projector, the class token and the head."""
@@ -151,6 +154,24 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         self.base_model.language_model.to(dtype)
         return self
 
+    def save_pretrained(self, save_directory, *args, adapter_only: bool = False, **kwargs):
+        """
+        `PreTrainedModel.save_pretrained`; with `adapter_only=True` it writes only the trained weights (projector,
+        class token, head, and gene offsets where trained: a few MB) and the config keeps where the frozen parts
+        come from (`backbone_name_or_path`, `gene_table_hash`), which `from_pretrained` loads again.
+        """
+        if adapter_only:
+            if _gene_table_file(self.config) is None:
+                raise ScInterpreterInputError(
+                    f"adapter_only needs the gene table in scInterpreter's cache ({_cache_dir()}/gene_tables/"
+                    f"{self.config.gene_table_hash}.safetensors), which is missing; save the whole model instead."
+                )
+            trained = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+            kwargs["state_dict"] = {name: tensor for name, tensor in self.state_dict().items() if name in trained}
+        self.config.adapter_only = adapter_only
+        self.config.backbone_dtype = str(self.base_model.backbone_dtype).replace("torch.", "")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         # Weights are read from safetensors only: never unpickle a file from someone else.
@@ -161,8 +182,52 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         if os.path.isdir(path):
             _check_model_folder(str(pretrained_model_name_or_path))
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if getattr(model.config, "adapter_only", False):
+            model._load_frozen_parts()
         # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.
         return model.freeze_backbone()
+
+    def _load_frozen_parts(self):
+        """Fills the backbone and the gene table of an adapter-only folder from the places its config names."""
+        config = self.config
+        table_file = _gene_table_file(config)
+        if table_file is None:
+            raise ScInterpreterInputError(
+                f"this adapter-only model needs gene table {config.gene_table_hash} "
+                f"({_cache_dir()}/gene_tables/{config.gene_table_hash}.safetensors), which is not there: install "
+                "scinterpreter and run `python -m scinterpreter.genes` with the model's gene encoder, or load the "
+                "whole model folder instead."
+            )
+        from safetensors.torch import load_file
+
+        table = load_file(table_file)["embeddings"]
+        if tuple(table.shape) != (config.gene_vocab_size, config.gene_embedding_dim):
+            raise ScInterpreterInputError(f"{table_file} is {tuple(table.shape)}, not the model's gene table.")
+        base = self.base_model
+        base.gene_embeddings.copy_(table)
+        backbone = LlamaModel.from_pretrained(
+            _resolve_backbone(config.backbone_name_or_path), config=config.text_config, dtype=torch.float32
+        )
+        base.language_model.load_state_dict(backbone.state_dict())
+        self.set_backbone_dtype(getattr(torch, getattr(config, "backbone_dtype", None) or "float32"))
+
+
+def _cache_dir() -> str:
+    return os.environ.get("SCINTERPRETER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scinterpreter"))
+
+
+def _gene_table_file(config) -> str | None:
+    name = getattr(config, "gene_table_hash", None)
+    path = os.path.join(_cache_dir(), "gene_tables", f"{name}.safetensors")
+    return path if name and os.path.isfile(path) else None
+
+
+def _resolve_backbone(name_or_path: str) -> str:
+    """A local folder as given; the default SmolLM2 as scinterpreter's converted copy where cached; else a Hub id."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    cached = os.path.join(_cache_dir(), "backbones", f"{name_or_path.rstrip('/').split('/')[-1]}-bf16")
+    return cached if os.path.isfile(os.path.join(cached, "model.safetensors")) else name_or_path
 
 
 def _check_model_folder(folder: str):
@@ -181,6 +246,11 @@ def _check_model_folder(folder: str):
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     expected = [config.get("gene_vocab_size"), config.get("gene_embedding_dim")]
+    if config.get("adapter_only") and config.get("backbone_name_or_path") is None:
+        raise ScInterpreterInputError(
+            f"{folder} is an adapter-only model without `backbone_name_or_path` in config.json: its backbone "
+            "cannot be found. Save the whole model instead."
+        )
     for name in weights:
         try:
             from safetensors import safe_open
@@ -215,6 +285,9 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         self.register_buffer("gene_embeddings", torch.zeros(config.gene_vocab_size, config.gene_embedding_dim))
         self.projector = ScInterpreterProjector(config)
         self.class_token = nn.Parameter(torch.zeros(config.text_config.hidden_size))
+        self.gene_offsets = (
+            nn.Embedding(config.gene_vocab_size, config.gene_embedding_dim) if config.gene_offsets else None
+        )
         self.language_model = LlamaModel(config.text_config)
         self._instruction_cache = None
         self.post_init()
@@ -241,8 +314,15 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, n_top_genes, hidden_size)`, in float32.
         """
-        weighted = self.gene_embeddings[gene_ids] * gene_values.unsqueeze(-1).to(self.gene_embeddings.dtype)
-        return self.projector(weighted.to(self.projector.linear_1.weight.dtype))
+        gene_embeddings = self.gene_embeddings[gene_ids]
+        if self.gene_offsets is not None:
+            gene_embeddings = gene_embeddings + self.gene_offsets(gene_ids)
+        weighted = gene_embeddings * gene_values.unsqueeze(-1).to(gene_embeddings.dtype)
+        soft_tokens = self.projector(weighted.to(self.projector.linear_1.weight.dtype))
+        if self.config.soft_token_rms is not None:
+            rms = soft_tokens.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
+            soft_tokens = soft_tokens * (self.config.soft_token_rms / rms)
+        return soft_tokens
 
     def get_instruction_cache(self, batch_size: int):
         """
@@ -290,6 +370,10 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         n_real = gene_mask.to(torch.long).sum(-1)
 
         soft_tokens = self.get_gene_features(gene_ids, gene_values)
+        if self.config.cell_pooling == "mean":
+            weights = gene_mask.to(soft_tokens.dtype).unsqueeze(-1)
+            cell_embeddings = (soft_tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+            return ScInterpreterModelOutput(cell_embeddings=cell_embeddings, last_hidden_state=soft_tokens)
         # The class token goes right after each cell's last real gene. Padding then only follows it and, with
         # causal attention, never reaches it: no attention mask is needed and batches of any padding agree.
         positions = torch.arange(n_genes + 1, device=gene_ids.device)

@@ -24,7 +24,7 @@ from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
 from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split_cells
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
-from scinterpreter.plots import plot_confusion_matrix
+from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_umaps
 from scinterpreter.model_card import write_model_card
 from scinterpreter.trainer import ScInterpreterTrainer
 from processing_scinterpreter import ScInterpreterInputError
@@ -50,12 +50,26 @@ class ScriptArguments:
     num_backbone_layers: int | None = field(
         default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
     )
-    n_top_genes: int = field(default=128, metadata={"help": "Gene soft tokens per cell."})
+    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
     gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
     gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
     center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
     head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
     head_norm: bool = field(default=False, metadata={"help": "LayerNorm the cell embedding before the head."})
+    soft_token_rms: str = field(
+        default="auto",
+        metadata={"help": "Root-mean-square of each gene soft token: auto (that of the backbone's token embeddings, "
+                          "about 0.14 for SmolLM2), a number, or none (the projector's own scale, as in the paper)."},
+    )
+    gene_offsets: bool = field(
+        default=False,
+        metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper; "
+                          "about 10 MB more trained weights per 10,000 genes)."},
+    )
+    cell_pooling: str = field(
+        default="class_token",
+        metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
+    )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_weighting: str = field(
         default="none",
@@ -65,6 +79,18 @@ class ScriptArguments:
     unseen_test_labels: str = field(
         default="error",
         metadata={"help": "Test cells whose type never occurs in training: error, or drop them from the metrics."},
+    )
+    adapter_only: bool = field(
+        default=False,
+        metadata={"help": "Save only the trained weights (a few MB); loading takes the backbone and gene table "
+                          "from where the config names them (the local cache or the Hub)."},
+    )
+    umap: bool = field(default=True, metadata={"help": "Write umap.png: test cells by expression, GenePT-w and "
+                                                        "scInterpreter embeddings."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the cells of a Hub or local sparse-row dataset instead of loading them (for data "
+                          "larger than memory); test cells = --split_file's, else a stable hash of the cell id."},
     )
     annotate_test_cells: bool = field(default=True, metadata={"help": "Reload the saved model as a pipeline and "
                                                                       "annotate the test cells with it."})
@@ -76,7 +102,7 @@ class ScInterpreterTrainingArguments(TrainingArguments):
 
     output_dir: str = field(default="outputs/scinterpreter")
     learning_rate: float = field(default=2e-3)
-    num_train_epochs: float = field(default=6.0)
+    num_train_epochs: float = field(default=12.0)
     per_device_train_batch_size: int = field(default=16)
     per_device_eval_batch_size: int = field(default=64)
     lr_scheduler_type: str = field(default="cosine")
@@ -106,6 +132,10 @@ def main(argv=None, callbacks=None):
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
+    if training_args.ddp_find_unused_parameters is None and script_args.cell_pooling == "class_token":
+        training_args.ddp_find_unused_parameters = False  # every trained parameter is used: skip DDP's extra pass
+    if script_args.streaming:
+        return train_streaming(script_args, training_args, callbacks, started)
 
     dataset_path, label_column = script_args.dataset, script_args.label_column or "cell_type"
     if script_args.dataset in DEMO_DATASETS:
@@ -145,6 +175,9 @@ def main(argv=None, callbacks=None):
         head_norm=script_args.head_norm,
         label_smoothing=script_args.label_smoothing,
         class_weights=class_weights,
+        soft_token_rms=script_args.soft_token_rms,
+        gene_offsets=script_args.gene_offsets,
+        cell_pooling=script_args.cell_pooling,
     )
     encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)
     label_ids = np.array([label2id.get(label, -1) for label in labels])
@@ -153,7 +186,8 @@ def main(argv=None, callbacks=None):
     test_dataset = CellDataset({k: v[evaluated] for k, v in encoded.items()}, label_ids[evaluated])
 
     trainer = ScInterpreterTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor, callbacks=callbacks
+        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor, callbacks=callbacks,
+        adapter_only=script_args.adapter_only,
     )
     train_started = time.perf_counter()
     resume = training_args.resume_from_checkpoint
@@ -165,7 +199,7 @@ def main(argv=None, callbacks=None):
     eval_started = time.perf_counter()
     prediction = trainer.predict(test_dataset)
     eval_seconds = time.perf_counter() - eval_started
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    logits, cell_embeddings = prediction.predictions[:2]
     predicted = logits.argmax(-1)
     references = label_ids[evaluated]
     metrics = annotation_metrics(predicted, references)
@@ -193,9 +227,17 @@ def main(argv=None, callbacks=None):
     }
 
     trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():  # with torchrun / accelerate, one process writes the outputs
+        return results
     write_model_card(output_dir, results, model, training_args.hub_model_id)
     plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
                           title=f"scInterpreter, {Path(dataset_path).stem} test cells")
+    if script_args.umap and len(evaluated) >= 10:
+        values, gene_ids = processor.normalize(adata[evaluated], layer=script_args.layer)
+        gene_table = model.model.gene_embeddings.detach().cpu().numpy()
+        plot_umaps({"log-normalised expression": values, "GenePT-w": genept_w(values, gene_ids, gene_table),
+                    "scInterpreter": cell_embeddings}, labels[evaluated], output_dir / "umap.png",
+                   title=f"{Path(dataset_path).stem} test cells")
 
     if script_args.annotate_test_cells:
         annotate = pipeline("cell-annotation", model=str(output_dir), trust_remote_code=True)
@@ -212,6 +254,73 @@ def main(argv=None, callbacks=None):
     print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
           f"(macro precision {metrics['macro_precision']:.4f}, macro recall {metrics['macro_recall']:.4f}); "
           f"training {train_seconds / 60:.1f} min; model and metrics.json in {output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return results
+
+
+def train_streaming(script_args, training_args, callbacks, started):
+    """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
+    import math
+
+    from scinterpreter.streaming import StreamingCells, hash_split
+
+    if str(script_args.dataset).endswith(".h5ad") or script_args.dataset in DEMO_DATASETS:
+        raise ScInterpreterInputError("--streaming reads Hub or local datasets in the sparse-row layout; an .h5ad "
+                                      "file is read in backed mode by scinterpreter.annotate, or load it whole.")
+    data = load_cells(script_args.dataset, streaming=True)
+    cells, gene_metadata = data["cells"], data["gene_metadata"]
+    label_feature = cells.features.get("label") if cells.features else None
+    if label_feature is None or not hasattr(label_feature, "names"):
+        raise ScInterpreterInputError(f"{script_args.dataset} has no ClassLabel `label` column to train on.")
+    classes = list(label_feature.names)
+    if script_args.split_file:
+        test_names = set(json.loads(Path(script_args.split_file).read_text())["test"])
+        is_test = test_names.__contains__
+    else:
+        def is_test(cell_id):
+            return hash_split(cell_id, script_args.test_size)
+    gene_table = build_gene_table(encoder=script_args.gene_encoder, center=script_args.center_gene_table)
+    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
+    model, processor = build_model(
+        classes, backbone=script_args.backbone, num_backbone_layers=num_layers, gene_table=gene_table,
+        n_top_genes=script_args.n_top_genes, head_hidden_size=script_args.head_hidden_size,
+        head_norm=script_args.head_norm, label_smoothing=script_args.label_smoothing,
+        soft_token_rms=script_args.soft_token_rms, gene_offsets=script_args.gene_offsets,
+        cell_pooling=script_args.cell_pooling,
+    )
+    if training_args.max_steps <= 0:  # a stream has no length: count the training cells in one pass over the ids
+        n_train = sum(not is_test(row["cell_id"]) for row in cells.select_columns(["cell_id"]))
+        per_step = training_args.per_device_train_batch_size * training_args.world_size
+        training_args.max_steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
+        logger.info(f"{n_train} training cells in the stream: {training_args.max_steps} steps")
+    train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), gene_metadata,
+                                 processor, keep=lambda cell_id: not is_test(cell_id))
+    test_cells = StreamingCells(cells, gene_metadata, processor, keep=is_test)
+    trainer = ScInterpreterTrainer(model=model, args=training_args, train_dataset=train_cells,
+                                   processing_class=processor, callbacks=callbacks,
+                                   adapter_only=script_args.adapter_only)
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    prediction = trainer.predict(test_cells)
+    predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids
+    metrics = annotation_metrics(predicted, references)
+    results = {"dataset": script_args.dataset, "streaming": True, "split_file": script_args.split_file,
+               "n_train_cells": int(trainer.state.global_step * training_args.train_batch_size), "test_size": (
+                   script_args.test_size), "n_test_cells": int(len(references)), "test": metrics,
+               "per_class": per_class_report(predicted, references, classes),
+               "train_seconds": round(train_seconds, 1), "script_args": asdict(script_args)}
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        write_model_card(output_dir, results, model, training_args.hub_model_id)
+        plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
+                              title="scInterpreter, streamed test cells")
+        results["total_seconds"] = round(time.perf_counter() - started, 1)
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f} "
+              f"({len(references)} streamed test cells); training {train_seconds / 60:.1f} min")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return results

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from processing_scinterpreter import ScInterpreterProcessor  # noqa: E402
 from scinterpreter.data import read_h5ad, split_cells  # noqa: E402
 from scinterpreter.genes import build_gene_table, load_gene_descriptions, load_gene_id_maps  # noqa: E402
+from scinterpreter.plots import genept_w  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "scrna"
 MARKERS = ["CD3E", "CD19", "MS4A1", "CD14", "NKG7", "PTPRC", "INS", "GCG", "KRT19", "PRSS1"]
@@ -43,11 +44,6 @@ def splits():
     name, file, folds = LOBO
     for fold in folds:
         yield name, f"leave-{fold}-out", SHARED / "splits" / file, fold
-
-
-def genept_w(values, gene_ids, embeddings):
-    cells = values @ embeddings[gene_ids] / np.maximum(values.sum(1, keepdims=True), 1e-8)
-    return cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-8)
 
 
 def main(argv=None):

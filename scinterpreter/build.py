@@ -29,14 +29,18 @@ def register_auto_classes(config: ScInterpreterConfig):
     }
 
 
-def save_model_folder(model, processor, folder, state_dict=None):
+def save_model_folder(model, processor, folder, state_dict=None, adapter_only=False):
     """
     Writes a Hub model folder: weights (safetensors), config with `auto_map` and `custom_pipelines`, processor,
-    and the code files, the `cell-annotation` pipeline's included.
+    and the code files, the `cell-annotation` pipeline's included. With `adapter_only`, only the trained weights
+    (the backbone and gene table are loaded again from where the config says).
     """
     folder = Path(folder)
     register_auto_classes(model.config)
-    model.save_pretrained(folder, state_dict=state_dict)
+    if adapter_only:
+        model.save_pretrained(folder, adapter_only=True)
+    else:
+        model.save_pretrained(folder, state_dict=state_dict)
     if processor is not None:
         processor.save_pretrained(folder)
     shutil.copy(PIPELINE_FILE, folder / PIPELINE_FILE.name)
@@ -52,6 +56,7 @@ def build_model(
     instruction: str = DEFAULT_INSTRUCTION,
     backbone_dtype: torch.dtype | None = None,
     processor_kwargs: dict | None = None,
+    soft_token_rms: float | str | None = None,
     **config_kwargs,
 ):
     """
@@ -64,10 +69,18 @@ def build_model(
         gene_table (`GeneTable`, *optional*): gene vocabulary and embeddings (default: built-in human table,
             wordllama, centred).
         backbone_dtype (`torch.dtype`, *optional*): dtype of the frozen backbone (default: fastest on this CPU).
+        soft_token_rms (`float` or `"auto"`, *optional*): rescale every soft token to this RMS; `"auto"` takes
+            the RMS of the backbone's token embeddings; `None` or `"none"` leaves the projector's scale (the paper).
     """
     gene_table = gene_table or build_gene_table()
     backbone_dtype = backbone_dtype or select_backbone_dtype("cpu")
     language_model, tokenizer = load_backbone(backbone, num_backbone_layers, dtype=torch.float32)
+    if soft_token_rms == "auto":
+        soft_token_rms = round(float(language_model.embed_tokens.weight.detach().pow(2).mean().sqrt()), 4)
+    elif soft_token_rms in (None, "none"):
+        soft_token_rms = None
+    else:
+        soft_token_rms = float(soft_token_rms)
     config = ScInterpreterConfig(
         text_config=language_model.config.to_dict(),
         gene_vocab_size=len(gene_table.vocab),
@@ -82,6 +95,7 @@ def build_model(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         backbone_name_or_path=backbone,
+        soft_token_rms=soft_token_rms,
         **config_kwargs,
     )
     register_auto_classes(config)

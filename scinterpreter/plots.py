@@ -32,3 +32,48 @@ def plot_confusion_matrix(references, predictions, classes, path, title="Confusi
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return ax
+
+
+def genept_w(values, gene_ids, gene_embeddings):
+    """GenePT-w cell embeddings: expression-weighted mean of the cells' gene text embeddings, L2-normalised."""
+    cells = values @ gene_embeddings[gene_ids] / np.maximum(values.sum(1, keepdims=True), 1e-8)
+    return cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-8)
+
+
+def plot_umaps(embeddings: dict, labels, path, title="Test cells", seed=0):
+    """
+    One UMAP panel per embedding (name -> `(n_cells, dim)` array), cells coloured by `labels`, as the paper's
+    Fig. 3 compares the initial expression, GenePT-w and scInterpreter. Uses scanpy's neighbours + UMAP.
+    """
+    import anndata
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    labels = np.asarray(labels).astype(str)
+    classes = sorted(set(labels))
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(classes), 2)))
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5 * len(embeddings) + 2.5, 5), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], embeddings.items()):
+        cells = anndata.AnnData(np.asarray(matrix, dtype=np.float32))
+        if cells.n_vars > 50:
+            sc.pp.pca(cells, n_comps=min(50, cells.n_obs - 1, cells.n_vars - 1), random_state=seed)
+            sc.pp.neighbors(cells, random_state=seed)
+        else:
+            sc.pp.neighbors(cells, use_rep="X", random_state=seed)
+        sc.tl.umap(cells, random_state=seed)
+        coordinates = cells.obsm["X_umap"]
+        for colour, label in zip(colours, classes):
+            where = labels == label
+            ax.scatter(*coordinates[where].T, s=6, color=colour, label=f"{label} ({where.sum()})")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -28,6 +28,10 @@ class ScInterpreterTrainer(Trainer):
     reloads checkpoints non-strictly, so `--resume_from_checkpoint` works with them.
     """
 
+    def __init__(self, *args, adapter_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adapter_only = adapter_only
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
         if not self.args.should_save:
@@ -36,7 +40,8 @@ class ScInterpreterTrainer(Trainer):
         if output_dir.name.startswith(PREFIX_CHECKPOINT_DIR):
             trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
             state_dict = {name: tensor for name, tensor in (state_dict or model.state_dict()).items() if name in trained}
-        save_model_folder(model, self.processing_class, output_dir, state_dict=state_dict)
+        save_model_folder(model, self.processing_class, output_dir, state_dict=state_dict,
+                          adapter_only=self.adapter_only and not output_dir.name.startswith(PREFIX_CHECKPOINT_DIR))
         (output_dir / "training_args.json").write_text(self.args.to_json_string())
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:

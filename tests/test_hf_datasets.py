@@ -43,3 +43,23 @@ def test_train_runs_two_steps_on_a_dataset_folder(tmp_path):
                           "--gene_encoder", "random", "--n_top_genes", "8", "--max_steps", "2",
                           "--output_dir", str(tmp_path / "run"), "--annotate_test_cells", "false"])
     assert results["n_train_cells"] == 72 and set(results["test"]) >= {"accuracy", "macro_f1"}
+
+
+def test_train_streams_a_dataset_folder_chunk_by_chunk(tmp_path):
+    import train
+
+    import anndata
+
+    from scinterpreter.hf_datasets import anndata_to_dataset, save_cells
+
+    adata = anndata.read_h5ad(make_marker_dataset(tmp_path / "cells.h5ad"))
+    folder = save_cells(anndata_to_dataset(adata, label_column="cell_type"), tmp_path / "cells_dataset")
+    results = train.main(["--dataset", str(folder), "--streaming", "true", "--backbone",
+                          str(make_tiny_backbone(tmp_path / "backbone")), "--gene_encoder", "random",
+                          "--n_top_genes", "8", "--num_train_epochs", "6", "--learning_rate", "3e-3",
+                          "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "run"),
+                          "--logging_steps", "50"])
+    assert results["streaming"] and results["n_test_cells"] > 0
+    assert results["n_test_cells"] + results["n_train_cells"] // 6 >= 80
+    assert results["test"]["accuracy"] >= 0.9
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()

@@ -108,3 +108,44 @@ def test_cells_with_no_expressed_gene_still_get_logits(tiny_model, n_top_genes):
     ids = torch.zeros(2, n_top_genes, dtype=torch.long)
     out = tiny_model(gene_ids=ids, gene_values=torch.zeros(2, n_top_genes), gene_mask=torch.zeros_like(ids))
     assert torch.isfinite(out.logits).all()
+
+
+def test_soft_tokens_are_rescaled_to_the_configured_rms(processor, counts):
+    model = make_tiny_model(soft_token_rms=0.14)
+    inputs = batch(processor, counts)
+    soft = model.model.get_gene_features(inputs["gene_ids"], inputs["gene_values"])
+    torch.testing.assert_close(soft.pow(2).mean(-1).sqrt(), torch.full(soft.shape[:2], 0.14), atol=1e-4, rtol=0)
+
+
+def test_gene_offsets_start_at_zero_and_train_only_the_genes_seen(processor, counts):
+    plain, with_offsets = make_tiny_model(), make_tiny_model(gene_offsets=True)
+    missing, unexpected = with_offsets.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["model.gene_offsets.weight"] and not unexpected
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(with_offsets(**inputs).logits, plain(**inputs).logits, atol=0, rtol=0)
+
+    trainable = {name for name, p in with_offsets.named_parameters() if p.requires_grad}
+    assert "model.gene_offsets.weight" in trainable
+    optimizer = torch.optim.SGD([p for p in with_offsets.parameters() if p.requires_grad], lr=0.1)
+    with_offsets.train()(**inputs, labels=torch.zeros(len(counts), dtype=torch.long)).loss.backward()
+    optimizer.step()
+    moved = with_offsets.model.gene_offsets.weight.detach().abs().sum(-1) > 0
+    seen = torch.zeros(len(GENES), dtype=torch.bool)
+    seen[inputs["gene_ids"][inputs["gene_mask"].bool()]] = True
+    assert moved.any() and not (moved & ~seen).any()
+
+
+def test_mean_pooling_skips_the_backbone(processor, counts, monkeypatch):
+    model = make_tiny_model(cell_pooling="mean")
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran")
+
+    monkeypatch.setattr(model.model.language_model, "forward", no_backbone)
+    inputs = batch(processor, counts)
+    out = model(**inputs)
+    soft = model.model.get_gene_features(inputs["gene_ids"], inputs["gene_values"])
+    mask = inputs["gene_mask"].float()[..., None]
+    torch.testing.assert_close(out.cell_embeddings, (soft * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="cell_pooling"):
+        make_tiny_model(cell_pooling="max")

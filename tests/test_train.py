@@ -25,7 +25,7 @@ def test_train_writes_metrics_plot_and_a_loadable_model_folder(tiny_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
     assert metrics["n_test_cells"] == 18 and metrics["n_train_cells"] == 72
-    assert (out / "confusion_matrix.png").stat().st_size > 0
+    assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "umap.png").stat().st_size > 0
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert sorted(model.config.id2label.values()) == ["B cell", "T cell", "beta"]
 

@@ -1,0 +1,188 @@
+"""Speed of scInterpreter on this machine, against the matmul peak and against a naive fp32 forward pass.
+
+    python benchmarks/speed.py [--seconds 20] [--out docs/benchmarks]
+
+Prints and writes (docs/benchmarks/speed.json and speed.md), from one run: the CPU model and flags; the bf16 and
+fp32 matmul FLOP/s this machine reaches (a plain torch matmul loop); cells/s for inference and training at the
+default settings (6 layers, k = 64) and at full depth (30 layers, k = 64); the same inference through a naive
+fp32 forward pass that reads the instruction again for every cell, as the paper's code does; and the fraction
+of the best matmul peak that inference reaches, counting the model's FLOPs per cell. The last printed line is
+one JSON object with the headline numbers.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from modeling_scinterpreter import select_backbone_dtype  # noqa: E402
+from scinterpreter.build import build_model  # noqa: E402
+
+
+def cpu_description():
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"]
+    return {"cpu": model, "threads": torch.get_num_threads(), "flags": [f for f in wanted if f in flags]}
+
+
+def timed(function, seconds: float, min_calls: int = 3):
+    """Calls `function` repeatedly for about `seconds` after one warm-up call; returns (calls, elapsed)."""
+    function()
+    calls, started = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < seconds:
+        function()
+        calls += 1
+    return calls, time.perf_counter() - started
+
+
+def matmul_peak(dtype, seconds, size=2048):
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    calls, elapsed = timed(lambda: torch.mm(a, b), seconds)
+    return 2 * size**3 * calls / elapsed
+
+
+def flops_per_cell(config, n_genes: int, n_prefix: int, training: bool = False) -> float:
+    """Multiply-adds x 2 of the backbone for one cell's gene tokens and class token (prefix keys/values reused)."""
+    text = config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    kv = text.num_key_value_heads * head_dim
+    per_token = 2 * (text.hidden_size * (text.hidden_size * 2 + kv * 2) + 3 * text.hidden_size * text.intermediate_size)
+    tokens = n_genes + 1
+    context = sum(n_prefix + i + 1 for i in range(tokens))  # causal attention: token i sees the prefix and i + 1
+    attention = 4 * text.num_attention_heads * head_dim * context
+    backbone = text.num_hidden_layers * (tokens * per_token + attention)
+    projector = tokens * 2 * (config.gene_embedding_dim * config.projector_hidden_size
+                              + config.projector_hidden_size * text.hidden_size)
+    total = backbone + projector
+    return 3 * total if training else total
+
+
+def random_cells(config, n_cells, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    gene_ids = torch.stack([torch.randperm(config.gene_vocab_size, generator=generator)[: config.n_top_genes]
+                            for _ in range(n_cells)])
+    gene_values = torch.sort(torch.rand(n_cells, config.n_top_genes, generator=generator) * 5, -1, descending=True)[0]
+    return gene_ids, gene_values, torch.ones_like(gene_ids)
+
+
+def naive_forward(model, gene_ids, gene_values):
+    """The paper's way: fp32, the instruction embedded and read again with every cell's tokens."""
+    base = model.model
+    instruction = torch.tensor([model.config.instruction_token_ids] * len(gene_ids))
+    embeds = torch.cat([base.language_model.embed_tokens(instruction), base.get_gene_features(gene_ids, gene_values),
+                        base.class_token.expand(len(gene_ids), 1, -1)], 1)
+    hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state[:, -1]
+    return model.head(hidden.float())
+
+
+def measure(layers, n_top_genes, seconds, batch_size=64, train_batch_size=16):
+    model, _ = build_model([f"type{i}" for i in range(10)], num_backbone_layers=layers, n_top_genes=n_top_genes)
+    config = model.config
+    n_prefix = len(config.instruction_token_ids)
+    gene_ids, gene_values, gene_mask = random_cells(config, batch_size)
+    result = {"layers": config.text_config.num_hidden_layers, "n_top_genes": n_top_genes,
+              "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
+              "flops_per_cell": flops_per_cell(config, n_top_genes, n_prefix)}
+
+    model.eval()
+    with torch.inference_mode():
+        calls, elapsed = timed(lambda: model(gene_ids, gene_values, gene_mask), seconds)
+    result["inference_cells_per_s"] = calls * batch_size / elapsed
+
+    model.train()
+    labels = torch.zeros(train_batch_size, dtype=torch.long)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+
+    def step():
+        loss = model(gene_ids[:train_batch_size], gene_values[:train_batch_size], gene_mask[:train_batch_size],
+                     labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    calls, elapsed = timed(step, seconds)
+    result["training_cells_per_s"] = calls * train_batch_size / elapsed
+
+    model.eval().set_backbone_dtype(torch.float32)
+    with torch.no_grad():
+        calls, elapsed = timed(lambda: naive_forward(model, gene_ids, gene_values), seconds)
+    result["naive_fp32_cells_per_s"] = calls * batch_size / elapsed
+    result["naive_flops_per_cell"] = flops_per_cell(config, n_top_genes + n_prefix, 0)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="Measuring time per figure.")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    parser.add_argument("--full_depth", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+
+    report = {"date": date.today().isoformat(), **cpu_description(),
+              "chosen_backbone_dtype": str(select_backbone_dtype("cpu")).replace("torch.", "")}
+    report["matmul_flops"] = {"float32": matmul_peak(torch.float32, args.seconds / 2),
+                              "bfloat16": matmul_peak(torch.bfloat16, args.seconds / 2)}
+    print(json.dumps({"matmul_flops": report["matmul_flops"]}), flush=True)
+    peak = max(report["matmul_flops"].values())
+    runs = [(6, 64)] + ([(None, 64)] if args.full_depth else [])
+    report["runs"] = []
+    for layers, k in runs:
+        result = measure(layers, k, args.seconds)
+        result["peak_fraction"] = result["flops_per_cell"] * result["inference_cells_per_s"] / peak
+        result["speedup_over_naive_fp32"] = result["inference_cells_per_s"] / result["naive_fp32_cells_per_s"]
+        report["runs"].append(result)
+        print(json.dumps(result), flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [
+        "# Speed on this machine",
+        "",
+        f"`python benchmarks/speed.py --seconds {args.seconds:g}` on {report['date']}: {report['cpu']}, "
+        f"{report['threads']} threads, flags {', '.join(report['flags'])}; backbone dtype chosen: "
+        f"{report['chosen_backbone_dtype']}. Random cells of k genes, batch 64 for inference, 16 for training.",
+        "",
+        f"Matmul peak (2048 x 2048, torch.mm loop): fp32 {report['matmul_flops']['float32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {report['matmul_flops']['bfloat16'] / 1e9:.0f} GFLOP/s.",
+        "",
+        "| layers | k | inference cells/s | training cells/s | naive fp32 cells/s | speed-up | GFLOP per cell "
+        "| inference GFLOP/s | fraction of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        lines.append(
+            f"| {r['layers']} | {r['n_top_genes']} | {r['inference_cells_per_s']:.1f} | "
+            f"{r['training_cells_per_s']:.1f} | {r['naive_fp32_cells_per_s']:.1f} | "
+            f"{r['speedup_over_naive_fp32']:.2f}x | {r['flops_per_cell'] / 1e9:.3f} | "
+            f"{r['flops_per_cell'] * r['inference_cells_per_s'] / 1e9:.0f} | {r['peak_fraction']:.2f} |"
+        )
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    default = report["runs"][0]
+    print(json.dumps({
+        "inference_cells_per_s": round(default["inference_cells_per_s"], 2),
+        "naive_fp32_cells_per_s": round(default["naive_fp32_cells_per_s"], 2),
+        "training_cells_per_s": round(default["training_cells_per_s"], 2),
+        "matmul_peak_flops": peak,
+        "peak_fraction": round(default["peak_fraction"], 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Adapter-only model folders: only the trained weights are written; the backbone and gene table load again."""
+
+import pytest
+import torch
+from conftest import make_marker_dataset, make_tiny_backbone
+from safetensors import safe_open
+from transformers import AutoModel
+
+import train
+from modeling_scinterpreter import ScInterpreterForCellAnnotation
+from processing_scinterpreter import ScInterpreterInputError
+from scinterpreter.build import build_model, save_model_folder
+from scinterpreter.genes import build_gene_table, load_gene_descriptions
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))
+    backbone = make_tiny_backbone(tmp_path / "backbone")
+    table = build_gene_table(load_gene_descriptions().head(300), encoder="random")
+    model, processor = build_model(["a", "b", "c"], backbone=str(backbone), gene_table=table, n_top_genes=8,
+                                   backbone_dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():  # stand-in for training: every trained tensor moves away from its initial value
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval(), processor, tmp_path
+
+
+def _logits(model, n_genes=300):
+    torch.manual_seed(2)
+    gene_ids = torch.randint(0, n_genes, (5, 8))
+    with torch.no_grad():
+        return model(gene_ids, torch.rand(5, 8) * 3).logits
+
+
+def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logits(built):
+    model, processor, tmp_path = built
+    folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        keys = set(handle.keys())
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert keys == trained
+    assert all(name.split(".")[1] in ("projector", "class_token") or name.startswith("head.") for name in keys)
+    assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
+
+    reloaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert reloaded.config.adapter_only
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-6)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_adapter_without_its_gene_table_is_a_clear_error(built, monkeypatch):
+    model, processor, tmp_path = built
+    folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ScInterpreterInputError, match="needs gene table"):
+        ScInterpreterForCellAnnotation.from_pretrained(folder)
+
+
+def test_train_adapter_only_run_annotates_with_the_reloaded_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))
+    backbone = make_tiny_backbone(tmp_path / "backbone")
+    data = make_marker_dataset(tmp_path / "cells.h5ad")
+    results = train.main([
+        "--dataset", str(data), "--backbone", str(backbone), "--gene_encoder", "random", "--n_top_genes", "8",
+        "--num_train_epochs", "8", "--learning_rate", "3e-3", "--per_device_train_batch_size", "8",
+        "--output_dir", str(tmp_path / "run"), "--adapter_only", "true", "--logging_steps", "50",
+    ])
+    assert (tmp_path / "run" / "model.safetensors").stat().st_size < 10 * 2**20
+    assert results["pipeline_test_accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
