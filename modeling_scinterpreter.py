@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, LlamaModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 try:
     from .configuration_scinterpreter import ScInterpreterConfig
@@ -179,11 +179,21 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         path = str(pretrained_model_name_or_path)
         if path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(path)):
             raise ScInterpreterInputError(f"{path} does not exist: pass a saved model folder or a Hub model id.")
+        adapter_only = False
         if os.path.isdir(path):
             _check_model_folder(str(pretrained_model_name_or_path))
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if getattr(model.config, "adapter_only", False):
-            model._load_frozen_parts()
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+                adapter_only = bool(json.load(handle).get("adapter_only"))
+        verbosity = logging.get_verbosity()
+        if adapter_only:  # the frozen weights are missing on purpose: no load report listing them
+            logging.set_verbosity_error()
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            if getattr(model.config, "adapter_only", False):
+                logging.set_verbosity_error()
+                model._load_frozen_parts()
+        finally:
+            logging.set_verbosity(verbosity)
         # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.
         return model.freeze_backbone()
 

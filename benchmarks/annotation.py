@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -43,8 +44,10 @@ DATASETS = ["baron_human_pancreas", "baron_mouse_pancreas", "mouse_immune_actinn
             "pbmc4k_soupx", "pbmc68k_reduced_scanpy", "pbmc_3batch_symphony"]
 LOBO_FOLDS = ["3pv1", "3pv2", "5p"]
 # scInterpreter settings named as in benchmarks/sweep.py; "default" is train.py's default recipe.
+DEFAULT = "default: k=64, 12 ep, token-RMS soft tokens"
 PAPER_SETTINGS = {"base": "k=128, 6 ep", "rms": "k=128, 6 ep, RMS .14", "ep12": "k=128, 12 ep",
-                  "rms+ep12": "k=128, 12 ep, RMS .14", "rms+k64+ep12": "default: k=64, 12 ep, RMS .14"}
+                  "rms+ep12": "k=128, 12 ep, RMS .14", "rms+k64+ep12": DEFAULT, "default": DEFAULT}
+COMPARED = (DEFAULT, "k=128, 12 ep, RMS .14")
 BEYOND_PAPER = {"offsets": "+ per-gene offsets, k=128, 6 ep"}
 
 
@@ -98,8 +101,8 @@ def baselines(table):
         candidates = [
             ("majority class", DummyClassifier(strategy="most_frequent"), expression),
             ("logistic regression (L2)", LogisticRegression(max_iter=3000), expression),
-            ("logistic regression (L1)", LogisticRegression(penalty="l1", solver="liblinear", max_iter=3000),
-             expression),
+            ("logistic regression (L1)", OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear",
+                                                                                 max_iter=3000)), expression),
             ("GenePT-w + kNN", KNeighborsClassifier(n_neighbors=10, metric="cosine"), genept),
             ("GenePT-w + logistic regression", make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
              genept),
@@ -174,14 +177,12 @@ def write_markdown(records, ablations, meta, path):
         if r["method"].startswith("logistic"):
             key = (r["dataset"], r["split"])
             best_lr[key] = max(best_lr.get(key, 0), r["macro_f1"])
-    for compared in [m for m in methods if m.startswith("scInterpreter")]:
+    for compared in [m for m in methods if m.startswith("scInterpreter") and m[15:-1] in COMPARED]:
         covered = [(d, s) for d, s in rows if (d, s, compared) in score]
-        if len(covered) < len(rows):
-            continue
         gaps = [score[d, s, compared]["macro_f1"] - best_lr[d, s] for d, s in covered]
         lines += ["", f"## {compared} against the better logistic regression (macro-F1)", "",
-                  f"Mean difference {np.mean(gaps):+.3f}; ahead or level on {sum(g >= 0 for g in gaps)} of "
-                  f"{len(gaps)} splits.", "",
+                  f"Mean difference {np.mean(gaps):+.3f} over the {len(gaps)} splits it ran on; ahead or level on "
+                  f"{sum(g >= 0 for g in gaps)}.", "",
                   "| dataset | split | best LogReg | scInterpreter | difference |", "|---|---|---|---|---|"]
         for dataset, split in rows:
             record = score.get((dataset, split, compared))

@@ -91,19 +91,24 @@ def naive_forward(model, gene_ids, gene_values):
     return model.head(hidden.float())
 
 
-def measure(layers, n_top_genes, seconds, batch_size=64, train_batch_size=16):
+def measure(layers, n_top_genes, seconds, batch_sizes=(16, 64), train_batch_size=16, compile_backbone=False):
     model, _ = build_model([f"type{i}" for i in range(10)], num_backbone_layers=layers, n_top_genes=n_top_genes)
     config = model.config
     n_prefix = len(config.instruction_token_ids)
+    batch_size = max(batch_sizes)
     gene_ids, gene_values, gene_mask = random_cells(config, batch_size)
     result = {"layers": config.text_config.num_hidden_layers, "n_top_genes": n_top_genes,
               "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
-              "flops_per_cell": flops_per_cell(config, n_top_genes, n_prefix)}
+              "flops_per_cell": flops_per_cell(config, n_top_genes, n_prefix), "inference_by_batch_size": {}}
 
     model.eval()
     with torch.inference_mode():
-        calls, elapsed = timed(lambda: model(gene_ids, gene_values, gene_mask), seconds)
-    result["inference_cells_per_s"] = calls * batch_size / elapsed
+        for size in batch_sizes:
+            inputs = (gene_ids[:size], gene_values[:size], gene_mask[:size])
+            calls, elapsed = timed(lambda: model(*inputs), seconds)
+            result["inference_by_batch_size"][size] = calls * size / elapsed
+    best = max(result["inference_by_batch_size"], key=result["inference_by_batch_size"].get)
+    result["inference_batch_size"], result["inference_cells_per_s"] = best, result["inference_by_batch_size"][best]
 
     model.train()
     labels = torch.zeros(train_batch_size, dtype=torch.long)
@@ -120,6 +125,19 @@ def measure(layers, n_top_genes, seconds, batch_size=64, train_batch_size=16):
     calls, elapsed = timed(step, seconds)
     result["training_cells_per_s"] = calls * train_batch_size / elapsed
 
+    if compile_backbone:  # torch.compile (Inductor) fuses the norms and activations between the matmuls
+        backbone = model.model.language_model
+        model.model.language_model = torch.compile(backbone, dynamic=False)
+        model.eval()
+        inputs = (gene_ids[:best], gene_values[:best], gene_mask[:best])
+        with torch.inference_mode():
+            started = time.perf_counter()
+            model(*inputs)
+            result["compile_seconds"] = time.perf_counter() - started
+            calls, elapsed = timed(lambda: model(*inputs), seconds)
+        result["compiled_inference_cells_per_s"] = calls * best / elapsed
+        model.model.language_model = backbone
+
     model.eval().set_backbone_dtype(torch.float32)
     with torch.no_grad():
         calls, elapsed = timed(lambda: naive_forward(model, gene_ids, gene_values), seconds)
@@ -133,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=20.0, help="Measuring time per figure.")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--full_depth", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also time inference with the backbone under torch.compile (default settings only).")
     args = parser.parse_args(argv)
 
     report = {"date": date.today().isoformat(), **cpu_description(),
@@ -144,8 +164,10 @@ def main(argv=None):
     runs = [(6, 64)] + ([(None, 64)] if args.full_depth else [])
     report["runs"] = []
     for layers, k in runs:
-        result = measure(layers, k, args.seconds)
+        result = measure(layers, k, args.seconds, compile_backbone=args.compile and layers == 6)
         result["peak_fraction"] = result["flops_per_cell"] * result["inference_cells_per_s"] / peak
+        if "compiled_inference_cells_per_s" in result:
+            result["compiled_peak_fraction"] = result["flops_per_cell"] * result["compiled_inference_cells_per_s"] / peak
         result["speedup_over_naive_fp32"] = result["inference_cells_per_s"] / result["naive_fp32_cells_per_s"]
         report["runs"].append(result)
         print(json.dumps(result), flush=True)
@@ -157,7 +179,8 @@ def main(argv=None):
         "",
         f"`python benchmarks/speed.py --seconds {args.seconds:g}` on {report['date']}: {report['cpu']}, "
         f"{report['threads']} threads, flags {', '.join(report['flags'])}; backbone dtype chosen: "
-        f"{report['chosen_backbone_dtype']}. Random cells of k genes, batch 64 for inference, 16 for training.",
+        f"{report['chosen_backbone_dtype']}. Random cells of k genes; inference at batch 16 and 64 (the faster is "
+        "shown), training at batch 16, naive fp32 at batch 64.",
         "",
         f"Matmul peak (2048 x 2048, torch.mm loop): fp32 {report['matmul_flops']['float32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {report['matmul_flops']['bfloat16'] / 1e9:.0f} GFLOP/s.",
@@ -173,6 +196,14 @@ def main(argv=None):
             f"{r['speedup_over_naive_fp32']:.2f}x | {r['flops_per_cell'] / 1e9:.3f} | "
             f"{r['flops_per_cell'] * r['inference_cells_per_s'] / 1e9:.0f} | {r['peak_fraction']:.2f} |"
         )
+    for r in report["runs"]:
+        lines.append("")
+        lines.append(f"{r['layers']} layers, inference cells/s by batch size: " + ", ".join(
+            f"{size}: {rate:.1f}" for size, rate in r["inference_by_batch_size"].items()) + ".")
+        if "compiled_inference_cells_per_s" in r:
+            lines.append(f"With the backbone under `torch.compile` (compiling took {r['compile_seconds']:.0f} s): "
+                         f"{r['compiled_inference_cells_per_s']:.1f} cells/s, {r['compiled_peak_fraction']:.2f} of "
+                         "the peak.")
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     default = report["runs"][0]
     print(json.dumps({
@@ -181,6 +212,8 @@ def main(argv=None):
         "training_cells_per_s": round(default["training_cells_per_s"], 2),
         "matmul_peak_flops": peak,
         "peak_fraction": round(default["peak_fraction"], 3),
+        "compiled_peak_fraction": round(default.get("compiled_peak_fraction", float("nan")), 3),
+        "full_depth_peak_fraction": round(report["runs"][-1]["peak_fraction"], 3),
     }))
 
 
