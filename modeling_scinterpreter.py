@@ -181,9 +181,7 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
             raise ScInterpreterInputError(f"{path} does not exist: pass a saved model folder or a Hub model id.")
         adapter_only = False
         if os.path.isdir(path):
-            _check_model_folder(str(pretrained_model_name_or_path))
-            with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
-                adapter_only = bool(json.load(handle).get("adapter_only"))
+            adapter_only = bool(_check_model_folder(str(pretrained_model_name_or_path)).get("adapter_only"))
         verbosity = logging.get_verbosity()
         if adapter_only:  # the frozen weights are missing on purpose: no load report listing them
             logging.set_verbosity_error()
@@ -240,8 +238,11 @@ def _resolve_backbone(name_or_path: str) -> str:
     return cached if os.path.isfile(os.path.join(cached, "model.safetensors")) else name_or_path
 
 
-def _check_model_folder(folder: str):
-    """Clear errors for folders that are not scInterpreter model folders, before transformers reads them."""
+def _check_model_folder(folder: str) -> dict:
+    """
+    Clear errors for folders that are not scInterpreter model folders, before transformers reads them. Returns the
+    folder's config as a dict.
+    """
     names = set(os.listdir(folder))
     if "config.json" not in names:
         raise ScInterpreterInputError(f"{folder} holds no config.json: it is not a saved scInterpreter model folder.")
@@ -281,6 +282,7 @@ def _check_model_folder(folder: str):
                 f"{folder}/{name} cannot be read as safetensors ({error}); the file is damaged or incomplete: "
                 "download or save the model again."
             ) from error
+    return config
 
 
 class ScInterpreterModel(ScInterpreterPreTrainedModel):
