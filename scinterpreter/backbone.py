@@ -64,7 +64,12 @@ def resolve_backbone(name_or_path: str = DEFAULT_BACKBONE) -> str:
             return str(target)
         if _smollm2_gguf_dir() is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            return str(_convert_smollm2(target))
+            import torch
+
+            # The conversion builds a randomly initialised model first: keep it from moving the caller's random
+            # state, so that a run gives the same result whether or not the backbone was already cached.
+            with torch.random.fork_rng(devices=[]):
+                return str(_convert_smollm2(target))
         logger.info(f"`{SMOLLM2_PACKAGE}` is not installed; loading {DEFAULT_BACKBONE} from the Hub")
     return name_or_path
 
