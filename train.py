@@ -125,6 +125,27 @@ def loss_class_weights(train_labels, classes, scheme: str):
     return (weights / weights.mean()).round(6).tolist()
 
 
+def build_model_from_args(script_args, classes, class_weights=None):
+    """A fresh model and processor for `classes`, as the command-line arguments describe them."""
+    descriptions = load_gene_descriptions(path=script_args.gene_descriptions) if script_args.gene_descriptions else None
+    gene_table = build_gene_table(descriptions, encoder=script_args.gene_encoder, center=script_args.center_gene_table)
+    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
+    return build_model(
+        classes,
+        backbone=script_args.backbone,
+        num_backbone_layers=num_layers,
+        gene_table=gene_table,
+        n_top_genes=script_args.n_top_genes,
+        head_hidden_size=script_args.head_hidden_size,
+        head_norm=script_args.head_norm,
+        label_smoothing=script_args.label_smoothing,
+        class_weights=class_weights,
+        soft_token_rms=script_args.soft_token_rms,
+        gene_offsets=script_args.gene_offsets,
+        cell_pooling=script_args.cell_pooling,
+    )
+
+
 def main(argv=None, callbacks=None):
     parser = HfArgumentParser((ScriptArguments, ScInterpreterTrainingArguments))
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -162,23 +183,7 @@ def main(argv=None, callbacks=None):
     logger.info(f"{len(train_idx)} training and {len(test_idx)} test cells, {len(classes)} cell types")
 
     class_weights = loss_class_weights(labels[train_idx], classes, script_args.class_weighting)
-    descriptions = load_gene_descriptions(path=script_args.gene_descriptions) if script_args.gene_descriptions else None
-    gene_table = build_gene_table(descriptions, encoder=script_args.gene_encoder, center=script_args.center_gene_table)
-    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
-    model, processor = build_model(
-        classes,
-        backbone=script_args.backbone,
-        num_backbone_layers=num_layers,
-        gene_table=gene_table,
-        n_top_genes=script_args.n_top_genes,
-        head_hidden_size=script_args.head_hidden_size,
-        head_norm=script_args.head_norm,
-        label_smoothing=script_args.label_smoothing,
-        class_weights=class_weights,
-        soft_token_rms=script_args.soft_token_rms,
-        gene_offsets=script_args.gene_offsets,
-        cell_pooling=script_args.cell_pooling,
-    )
+    model, processor = build_model_from_args(script_args, classes, class_weights)
     encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)
     label_ids = np.array([label2id.get(label, -1) for label in labels])
     evaluated = test_idx[label_ids[test_idx] >= 0]
@@ -280,15 +285,7 @@ def train_streaming(script_args, training_args, callbacks, started):
     else:
         def is_test(cell_id):
             return hash_split(cell_id, script_args.test_size)
-    gene_table = build_gene_table(encoder=script_args.gene_encoder, center=script_args.center_gene_table)
-    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
-    model, processor = build_model(
-        classes, backbone=script_args.backbone, num_backbone_layers=num_layers, gene_table=gene_table,
-        n_top_genes=script_args.n_top_genes, head_hidden_size=script_args.head_hidden_size,
-        head_norm=script_args.head_norm, label_smoothing=script_args.label_smoothing,
-        soft_token_rms=script_args.soft_token_rms, gene_offsets=script_args.gene_offsets,
-        cell_pooling=script_args.cell_pooling,
-    )
+    model, processor = build_model_from_args(script_args, classes)
     if training_args.max_steps <= 0:  # a stream has no length: count the training cells in one pass over the ids
         n_train = sum(not is_test(row["cell_id"]) for row in cells.select_columns(["cell_id"]))
         per_step = training_args.per_device_train_batch_size * training_args.world_size
