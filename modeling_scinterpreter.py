@@ -360,6 +360,28 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         self._instruction_cache = None
         return super()._apply(fn, *args, **kwargs)
 
+    @property
+    def is_backbone_compiled(self) -> bool:
+        return getattr(self.language_model, "_compiled_call_impl", None) is not None
+
+    def compile_backbone(self, enable: bool = True):
+        """
+        Runs the frozen backbone under `torch.compile` (Inductor, static shapes) with plain attention math, which
+        Inductor fuses with the norms, activations and rotary embeddings around the matmuls: on CPU inference is
+        about 15% faster (benchmarks/speed.py) after ~15 s of compiling for each new batch shape. Weights, their
+        names and the outputs stay as they are. `enable=False` undoes it.
+        """
+        backbone = self.language_model
+        if enable and not self.is_backbone_compiled:
+            # SDPA's CPU kernel is slow at these short sequences; eager attention is matmuls Inductor can fuse.
+            self._attn_implementation_uncompiled = backbone.config._attn_implementation
+            backbone.set_attn_implementation("eager")
+            backbone.compile(dynamic=False)
+        elif not enable and self.is_backbone_compiled:
+            backbone._compiled_call_impl = None
+            backbone.set_attn_implementation(getattr(self, "_attn_implementation_uncompiled", None) or "sdpa")
+        return self
+
     def forward(
         self,
         gene_ids: torch.LongTensor,

@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 MATCH_RULES = ("exact", "case", "alias", "ensembl", "entrez", "ortholog")
 INPUT_KINDS = ("auto", "counts", "log1p")
 GENE_RANKINGS = ("expression", "standardized")
+# Ribosomal protein genes (RPS*/RPL* and their X/Y/like copies, not kinases such as RPS6KA1) and mitochondrial
+# genes: the most expressed genes of most cells, whatever their type.
+EXCLUDE_PRESETS = {"ribosomal_mitochondrial": r"^(RP[SL]\d+(A|L|X|AL|Y\d?)?|RPLP[0-2]|MT-.+)$"}
 MIN_MATCHED_GENES = 10
 CHUNK_SIZE = 512
 ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
@@ -101,6 +104,9 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             `"log1p"` (already log-normalised: use as is) or `"auto"` (integers are counts, anything else log1p).
         gene_ranking (`str`, *optional*, defaults to `"expression"`): rank genes by normalised expression, or by
             expression standardised with `gene_mean` / `gene_std` (per-gene statistics of the training data).
+        exclude_genes (`str`, *optional*): vocabulary genes never chosen as a cell's top genes: a regular expression
+            on their symbols (case-insensitive) or a name in `EXCLUDE_PRESETS` (`"ribosomal_mitochondrial"`). They
+            still count in each cell's library size.
         species (`str`, *optional*, defaults to `"human"`): species of the vocabulary.
         alias_map, ensembl_map, entrez_map, ortholog_map (`dict[str, str]`, *optional*): aliases and previous
             symbols, Ensembl gene IDs (no version), Entrez IDs, and other-species symbols (mouse MGI) -> a symbol of
@@ -119,6 +125,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         gene_ranking="expression",
         gene_mean=None,
         gene_std=None,
+        exclude_genes=None,
         species="human",
         alias_map=None,
         ensembl_map=None,
@@ -138,6 +145,15 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.gene_ranking = gene_ranking
         self.gene_mean = list(gene_mean) if gene_mean is not None else None
         self.gene_std = list(gene_std) if gene_std is not None else None
+        self.exclude_genes = exclude_genes
+        if exclude_genes is not None:
+            try:
+                re.compile(EXCLUDE_PRESETS.get(exclude_genes, exclude_genes))
+            except re.error as error:
+                raise ScInterpreterInputError(
+                    f"exclude_genes must be a regular expression or one of {list(EXCLUDE_PRESETS)}, got "
+                    f"{exclude_genes!r} ({error})."
+                ) from None
         self.species = species
         self.alias_map = dict(alias_map or {})
         self.ensembl_map = dict(ensembl_map or {})
@@ -327,6 +343,17 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             values = np.log1p(values * (self.target_sum / np.maximum(totals, 1e-12)))
         return values
 
+    def excluded_vocab_rows(self) -> np.ndarray:
+        """Boolean mask over the vocabulary: the genes `exclude_genes` keeps out of every cell's top genes."""
+        key = (self.exclude_genes, len(self.gene_vocab))
+        if getattr(self, "_excluded", None) is None or self._excluded[0] != key:
+            excluded = np.zeros(len(self.gene_vocab), dtype=bool)
+            if self.exclude_genes is not None:
+                pattern = re.compile(EXCLUDE_PRESETS.get(self.exclude_genes, self.exclude_genes), re.IGNORECASE)
+                excluded[[row for row, symbol in enumerate(self.gene_vocab) if pattern.search(symbol)]] = True
+            self._excluded = (key, excluded)
+        return self._excluded[1]
+
     def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
         values = self._normalize_chunk(chunk, matched, input_kind, first_row)
         score = values
@@ -334,11 +361,13 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             mean = np.asarray(self.gene_mean, dtype=np.float32)[matched.vocab_ids]
             std = np.asarray(self.gene_std, dtype=np.float32)[matched.vocab_ids]
             score = np.where(values > 0, (values - mean) / std, -np.inf)
+        if self.exclude_genes is not None:
+            score = np.where(self.excluded_vocab_rows()[matched.vocab_ids], -np.inf, score)
         # A stable sort on the negated score keeps ties in vocabulary order, so results do not depend on the
         # order of the data's columns.
         order = np.argsort(-score, axis=1, kind="stable")[:, : self.n_top_genes]
         top_values = np.take_along_axis(values, order, axis=1)
-        mask = top_values > 0
+        mask = (top_values > 0) & (np.take_along_axis(score, order, axis=1) > -np.inf)
         gene_ids = np.where(mask, matched.vocab_ids[order], 0)
         k = self.n_top_genes
         pad = k - gene_ids.shape[1]

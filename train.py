@@ -51,6 +51,11 @@ class ScriptArguments:
         default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
     )
     n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
+    exclude_genes: str | None = field(
+        default=None,
+        metadata={"help": "Genes never chosen as a cell's top genes: ribosomal_mitochondrial (RPS/RPL/MT- genes) or "
+                          "a regular expression on gene symbols. They still count in the library size."},
+    )
     gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
     gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
     center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
@@ -136,6 +141,7 @@ def build_model_from_args(script_args, classes, class_weights=None):
         num_backbone_layers=num_layers,
         gene_table=gene_table,
         n_top_genes=script_args.n_top_genes,
+        processor_kwargs={"exclude_genes": script_args.exclude_genes},
         head_hidden_size=script_args.head_hidden_size,
         head_norm=script_args.head_norm,
         label_smoothing=script_args.label_smoothing,

@@ -35,7 +35,9 @@ LEVERS = {
 ABLATIONS = {
     "random_genes": {"table": "random"}, "shuffled_genes": {"table": "shuffled"},
     "no_llm": {"cell_pooling": "mean"}, "L15": {"layers": 15}, "k32": {"n_top_genes": 32}, "k64": {"n_top_genes": 64},
+    "L30": {"layers": 30},  # CPU only: layers past the bundle's 15 come from the product's cached backbone
 }
+DEFAULT = {"soft_token_rms": 0.1356, "n_top_genes": 64, "epochs": 12}  # train.py's recipe (RMS as `auto` gives)
 ALL_SPLITS = [
     ("baron_human_pancreas", "fixed"), ("baron_mouse_pancreas", "fixed"), ("pbmc4k_soupx", "fixed"),
     ("mouse_immune_actinn", "fixed"), ("pbmc3k_clustifyr", "fixed"), ("pbmc_3batch_symphony", "fixed"),
@@ -66,8 +68,13 @@ def make_plan(name: str, seeds=(0, 1, 2)):
         order = ["pbmc68k_reduced_scanpy", "pbmc_3batch_symphony", "mouse_immune_actinn", "baron_mouse_pancreas",
                  "pbmc4k_soupx", "pbmc3k_clustifyr", "baron_human_pancreas"]
         for dataset, split in sorted(ALL_SPLITS, key=lambda s: order.index(s[0])):
-            jobs.append({"dataset": dataset, "split": split, "name": "default", **BASE,
-                         "soft_token_rms": 0.1356, "n_top_genes": 64, "epochs": 12})
+            jobs.append({"dataset": dataset, "split": split, "name": "default", **BASE, **DEFAULT})
+    if name == "exclude":  # the default recipe without ribosomal / mitochondrial genes among the top genes
+        for (dataset, split), seed in [(("baron_human_pancreas", "fixed"), 0), (("baron_human_pancreas", "fixed"), 1),
+                                       (("pbmc4k_soupx", "fixed"), 0), (("baron_mouse_pancreas", "fixed"), 0),
+                                       (("baron_human_pancreas", "fixed"), 2)]:
+            jobs.append({"dataset": dataset, "split": split, "name": "default+exclude_ribo_mito", **BASE, **DEFAULT,
+                         "exclude_genes": "ribosomal_mitochondrial", "seed": seed})
     if name in ("splits", "all"):
         for (dataset, split), lever in itertools.product(ALL_SPLITS, ("base", "rms", "ep12", "offsets", "rms+ep12")):
             jobs.append({"dataset": dataset, "split": split, "name": lever, **BASE, **LEVERS[lever]})
@@ -150,6 +157,20 @@ def build_model(bundle: Path, job: dict, classes, device):
             data = dequantize_q4_1(data)
         if name != "instruction_embeddings":
             state[name] = torch.from_numpy(np.asarray(data, dtype=np.float32))
+    bundle_layers = {int(name.split(".")[1]) for name in packed if name.startswith("layers.")}
+    if job["layers"] > len(bundle_layers):
+        from safetensors.torch import load_file
+
+        from scinterpreter.backbone import resolve_backbone
+
+        folder = Path(resolve_backbone())
+        cached = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            cached.update(load_file(file))
+        for name, tensor in cached.items():
+            name = name.removeprefix("model.")
+            if name.startswith("layers.") and len(bundle_layers) <= int(name.split(".")[1]) < job["layers"]:
+                state[name] = tensor.float()
     language_model = model.model.language_model
     embed = torch.zeros_like(language_model.embed_tokens.weight)
     embed[instruction_ids] = torch.from_numpy(packed["instruction_embeddings"])
@@ -170,6 +191,11 @@ def run_job(bundle: Path, job: dict, device: str) -> dict:
         classes = json.loads(handle.metadata()["classes"])
     data = load_file(bundle / f"{job['dataset']}.safetensors")
     k = job["n_top_genes"]
+    with safe_open(bundle / "gene_tables.safetensors", framework="np") as handle:
+        bundle_exclude = handle.metadata().get("exclude_genes") or None
+    if job.get("exclude_genes") != bundle_exclude:
+        raise ValueError(f"the job wants exclude_genes={job.get('exclude_genes')!r}, {bundle} was packed with "
+                         f"{bundle_exclude!r}: pack_sweep_bundle.py --exclude_genes ...")
     gene_ids = torch.from_numpy(data["gene_ids"][:, :k].astype(np.int64))
     gene_values = torch.from_numpy(data["gene_values"][:, :k].astype(np.float32))
     gene_mask = torch.from_numpy(data["gene_mask"][:, :k].astype(np.int64))
@@ -257,12 +283,14 @@ def _worker(bundle, jobs, device, out, lock, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=".sweep_bundle")
-    parser.add_argument("--plan", default="all", choices=["levers", "splits", "ablations", "followup", "default_splits", "all"])
+    parser.add_argument("--plan", default="all", choices=["levers", "splits", "ablations", "followup", "default_splits", "exclude", "all"])
     parser.add_argument("--out", default="sweep.jsonl")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--limit", type=int, default=None, help="Run only the first N jobs of the plan.")
     parser.add_argument("--skip", nargs="*", default=[], help="Datasets to leave out.")
+    parser.add_argument("--names", nargs="*", default=None, help="Run only the plan's jobs of these names.")
+    parser.add_argument("--splits", nargs="*", default=None, help="Run only these splits (fixed, lobo_3pv1, ...).")
     parser.add_argument("--override", default="{}", help="JSON merged into every job (e.g. for a smoke test).")
     args = parser.parse_args()
     import multiprocessing as mp
@@ -271,7 +299,9 @@ def main():
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     override = json.loads(args.override)
-    jobs = [{**job, **override} for job in make_plan(args.plan) if job["dataset"] not in args.skip][: args.limit]
+    jobs = [{**job, **override} for job in make_plan(args.plan) if job["dataset"] not in args.skip
+            and (args.names is None or job["name"] in args.names)
+            and (args.splits is None or job["split"] in args.splits)][: args.limit]
     print(f"{len(jobs)} jobs on {device} with {args.workers} workers", flush=True)
     context = mp.get_context("spawn")
     manager = context.Manager()

@@ -31,7 +31,8 @@ def _atomic_write(path: Path, text: str):
     os.replace(partial, path)
 
 
-def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.0, layer=None, max_chunks=None):
+def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.0, layer=None, max_chunks=None,
+                  compile_backbone=None):
     """
     Annotates the cells of `path` chunk by chunk without loading the whole matrix.
 
@@ -41,6 +42,8 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         out: output folder (created; reused to resume).
         chunk_size (`int`): cells read and written at a time.
         max_chunks (`int`, *optional*): stop after this many new chunks (for tests and trial runs).
+        compile_backbone (`bool`, *optional*): run the backbone under `torch.compile`; by default when the file
+            holds at least the pipeline's `compile_min_cells` (20,000) cells.
 
     Returns:
         `dict` with `n_cells`, `n_done`, `cells_per_second` of this call.
@@ -68,12 +71,15 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     bar = tqdm(total=n_cells, initial=min(done * chunk_size, n_cells), unit="cells", desc="Annotating",
                dynamic_ncols=True)
     genes = list(adata.var_names)
+    if compile_backbone is None:
+        compile_backbone = n_cells >= getattr(annotate, "compile_min_cells", float("inf"))
     for chunk in range(done, n_chunks):
         if max_chunks is not None and chunk - done >= max_chunks:
             break
         start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, n_cells)
         rows = adata.X[start:stop] if layer is None else adata.layers[layer][start:stop]
-        results = annotate(rows, gene_names=genes, batch_size=batch_size, threshold=threshold, show_progress=False)
+        results = annotate(rows, gene_names=genes, batch_size=batch_size, threshold=threshold, show_progress=False,
+                           compile_backbone=compile_backbone)
         names = adata.obs_names[start:stop]
         lines = [f"{cell}\t{r['label']}\t{r['score']:.6f}" for cell, r in zip(names, results)]
         (out / f"chunk_{chunk:05d}.tsv").write_text("cell\tlabel\tscore\n" + "\n".join(lines) + "\n")
@@ -113,10 +119,12 @@ def main(argv=None):
     parser.add_argument("--layer", default=None)
     parser.add_argument("--write_h5ad", default=None, help="also write a copy of the input with the annotation")
     parser.add_argument("--key_added", default="scinterpreter")
+    parser.add_argument("--compile_backbone", default=None, type=lambda value: value.lower() in ("1", "true", "yes"),
+                        help="true/false: run the backbone under torch.compile (default: from 20,000 cells on)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = annotate_h5ad(args.h5ad, args.model, args.out, args.chunk_size, args.batch_size, args.threshold,
-                            args.layer)
+                            args.layer, compile_backbone=args.compile_backbone)
     print(json.dumps(summary))
     if args.write_h5ad:
         from .data import read_h5ad

@@ -78,3 +78,42 @@ def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate):
 
     assert annotate.model.model.backbone_dtype == select_backbone_dtype("cpu")
     assert annotate.model.head.dense.weight.dtype == torch.float32
+
+
+def test_compiled_backbone_gives_the_same_annotation_with_a_short_last_batch(annotate, counts):
+    expected = annotate(counts, gene_names=GENES, batch_size=5, compile_backbone=False)
+    base_model = annotate.model.model
+    state_keys = set(annotate.model.state_dict())
+    compiled = annotate(counts, gene_names=GENES, batch_size=5, compile_backbone=True)  # 12 cells: 5 + 5 + 2
+    assert base_model.is_backbone_compiled
+    assert set(annotate.model.state_dict()) == state_keys
+    assert [r["label"] for r in compiled] == [r["label"] for r in expected]
+    # bf16 backbone; eager attention math against SDPA
+    assert np.allclose(compiled.embeddings, expected.embeddings, rtol=0.05, atol=0.05)
+    annotate(counts[:3], gene_names=GENES, batch_size=5)  # once compiled, a small call stays compiled
+    assert base_model.is_backbone_compiled
+    annotate(counts[:3], gene_names=GENES, compile_backbone=False)
+    assert not base_model.is_backbone_compiled
+
+
+def test_a_failing_compile_warns_and_runs_uncompiled(annotate, counts, monkeypatch, caplog):
+    expected = annotate(counts, gene_names=GENES, compile_backbone=False)
+    base_model = annotate.model.model
+    original = base_model.compile_backbone
+
+    def compile_without_a_compiler(enable=True):
+        original(enable)
+        if enable:
+            def fail(*args, **kwargs):
+                raise RuntimeError("InductorError: no C++ compiler found")
+
+            base_model.language_model._compiled_call_impl = fail
+        return base_model
+
+    monkeypatch.setattr(base_model, "compile_backbone", compile_without_a_compiler)
+    with caplog.at_level("WARNING"):
+        results = annotate(counts, gene_names=GENES, compile_backbone=True)
+    assert "torch.compile of the backbone failed" in caplog.text
+    assert not base_model.is_backbone_compiled
+    assert [r["label"] for r in results] == [r["label"] for r in expected]
+    assert np.allclose(results.embeddings, expected.embeddings)

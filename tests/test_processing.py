@@ -119,3 +119,27 @@ def test_saves_and_loads_with_auto_processor(tmp_path, processor, counts):
     assert loaded.gene_vocab == GENES and loaded.n_top_genes == 8
     a, b = processor(counts, gene_names=GENES), loaded(counts, gene_names=GENES)
     assert torch.equal(a["gene_ids"], b["gene_ids"])
+
+
+def test_excluded_genes_are_never_chosen_but_count_in_the_library_size():
+    vocab = ["RPL13", "RPS4X", "MT-CO1", "RPS6KA1", "CD3E", "MS4A1", "RPLP0", "GNLY"]
+    counts = np.array([[90, 80, 70, 1, 5, 3, 60, 0], [50, 40, 30, 0, 0, 0, 20, 0]], dtype=np.float32)
+    plain = ScInterpreterProcessor(gene_vocab=vocab, n_top_genes=4)
+    excluding = ScInterpreterProcessor(gene_vocab=vocab, n_top_genes=4, exclude_genes="ribosomal_mitochondrial")
+    assert [vocab[i] for i in np.flatnonzero(excluding.excluded_vocab_rows())] == ["RPL13", "RPS4X", "MT-CO1", "RPLP0"]
+    out = excluding(counts, gene_names=vocab, return_tensors="np")
+    assert [vocab[i] for i, m in zip(out["gene_ids"][0], out["gene_mask"][0]) if m] == ["CD3E", "MS4A1", "RPS6KA1"]
+    assert np.isclose(out["gene_values"][0, 0], np.log1p(5 / counts[0].sum() * 1e4))
+    assert out["gene_mask"][1].sum() == 0  # only excluded genes expressed: an empty cell, not a ribosomal one
+    assert plain(counts, gene_names=vocab, return_tensors="np")["gene_mask"][1].sum() == 4
+    # a custom pattern, kept through save / load
+    custom = ScInterpreterProcessor(gene_vocab=vocab, n_top_genes=4, exclude_genes="^cd3")
+    assert [vocab[i] for i in np.flatnonzero(custom.excluded_vocab_rows())] == ["CD3E"]
+    with pytest.raises(ScInterpreterInputError, match="exclude_genes must be a regular expression"):
+        ScInterpreterProcessor(gene_vocab=vocab, exclude_genes="(")
+
+
+def test_exclude_genes_is_saved_with_the_processor(tmp_path):
+    processor = ScInterpreterProcessor(gene_vocab=GENES, exclude_genes="ribosomal_mitochondrial")
+    processor.save_pretrained(tmp_path)
+    assert ScInterpreterProcessor.from_pretrained(tmp_path).exclude_genes == "ribosomal_mitochondrial"
