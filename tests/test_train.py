@@ -16,6 +16,7 @@ def tiny_run(tmp_path_factory):
         "--dataset", str(data), "--backbone", str(backbone), "--num_backbone_layers", "0",
         "--gene_encoder", "random", "--n_top_genes", "8", "--num_train_epochs", "8", "--learning_rate", "3e-3",
         "--per_device_train_batch_size", "8", "--output_dir", str(out), "--logging_steps", "50",
+        "--exclude_genes", "ribosomal_mitochondrial",
     ])
     return out, results
 
@@ -84,3 +85,16 @@ def test_model_card_has_valid_hub_metadata(tiny_run):
     metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
     assert metrics == results["test"]
     assert 'pipeline("cell-annotation"' in text and "## Intended use and limits" in text
+
+
+def test_excluded_genes_reach_the_saved_processor(tiny_run):
+    import anndata
+    from transformers import AutoProcessor
+
+    out, _ = tiny_run
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.exclude_genes == "ribosomal_mitochondrial"
+    cells = anndata.read_h5ad(out.parent / "cells.h5ad")
+    inputs = processor(cells, return_tensors="np")
+    chosen = {processor.gene_vocab[i] for i in inputs["gene_ids"][inputs["gene_mask"].astype(bool)]}
+    assert chosen and not chosen & {"RPL13", "RPS27"}
