@@ -49,6 +49,8 @@ PAPER_SETTINGS = {"base": "k=128, 6 ep", "rms": "k=128, 6 ep, RMS .14", "ep12": 
                   "rms+ep12": "k=128, 12 ep, RMS .14", "rms+k64+ep12": DEFAULT, "default": DEFAULT}
 COMPARED = (DEFAULT, "k=128, 12 ep, RMS .14")
 BEYOND_PAPER = {"offsets": "+ per-gene offsets, k=128, 6 ep"}
+# Gene selection: the default recipe with ribosomal / mitochondrial genes kept out of each cell's top genes.
+VARIANTS = {"default+exclude_ribo_mito": "default, no ribosomal / mitochondrial genes"}
 
 
 def splits():
@@ -150,7 +152,8 @@ def write_markdown(records, ablations, meta, path):
     lines = [
         "# Cell-annotation benchmark on the shared splits",
         "",
-        f"Made by `{meta['command']}` on {meta['date']}. Baselines ran on {meta['machine']}; scInterpreter "
+        f"Made by `{meta['command']}` on {meta['date']}. Baselines ran on {meta['machine']} "
+        f"({meta.get('baselines', 'fitted in this run')}); scInterpreter "
         f"figures: {meta['scinterpreter_source']}. Each cell: test accuracy / macro-F1; **bold** = best macro-F1 "
         "of the row. Macro-F1 is over the classes present in the reference or the predictions, so splits with "
         "1-4-cell classes move it in large steps.",
@@ -213,12 +216,20 @@ def main(argv=None):
     parser.add_argument("--ablations", action="store_true",
                         help="Add the ablation table: random / shuffled gene embeddings, no LLM, depth, k.")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--reuse_baselines", type=Path, default=None,
+                        help="Take the baseline records (every method but scInterpreter) from an earlier "
+                             "results.json instead of fitting them again.")
     args = parser.parse_args(argv)
 
     table = build_gene_table()
-    records = baselines(table)
+    if args.reuse_baselines:
+        records = [r for r in json.loads(args.reuse_baselines.read_text())
+                   if not r["method"].startswith("scInterpreter")]
+    else:
+        records = baselines(table)
     ablation_names = {"base": "6 layers, k=128", "no_llm": "no LLM (mean pool)", "random_genes": "random genes",
-                      "shuffled_genes": "shuffled genes", "L15": "15 layers", "k32": "k=32", "k64": "k=64"}
+                      "shuffled_genes": "shuffled genes", "L15": "15 layers", "L30": "30 layers", "k32": "k=32",
+                      "k64": "k=64"}
     ablations = []
     if args.run_scinterpreter:
         records += run_scinterpreter(args.bundle, "splits")
@@ -226,7 +237,7 @@ def main(argv=None):
             ablations = run_scinterpreter(args.bundle, "ablations")
         source = "run here through benchmarks/sweep.py"
     else:
-        records += scinterpreter_records(args.scinterpreter_records, {**PAPER_SETTINGS, **BEYOND_PAPER})
+        records += scinterpreter_records(args.scinterpreter_records, {**PAPER_SETTINGS, **BEYOND_PAPER, **VARIANTS})
         if args.ablations:
             ablations = [r for r in scinterpreter_records(args.scinterpreter_records, ablation_names)
                          if (r["dataset"] == "baron_human_pancreas" or r["dataset"] == "pbmc3k_clustifyr"
@@ -235,7 +246,8 @@ def main(argv=None):
     meta = {"date": date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, 2 CPU cores",
             "command": "python benchmarks/annotation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "scinterpreter_source": source}
+            "scinterpreter_source": source,
+            "baselines": f"from {args.reuse_baselines}" if args.reuse_baselines else "fitted in this run"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(records + ablations, indent=1) + "\n")
     (args.out / "results_meta.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -10,6 +10,7 @@ the input as `obs[key_added]`, `obs[key_added + "_score"]` and `obsm["X_scinterp
 """
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -73,13 +74,19 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     genes = list(adata.var_names)
     if compile_backbone is None:
         compile_backbone = n_cells >= getattr(annotate, "compile_min_cells", float("inf"))
+    options = {}
+    if compile_backbone:
+        if "compile_backbone" in inspect.signature(annotate.__call__).parameters:
+            options["compile_backbone"] = True
+        else:
+            logger.warning("This model folder's pipeline code predates compile_backbone: annotating uncompiled.")
     for chunk in range(done, n_chunks):
         if max_chunks is not None and chunk - done >= max_chunks:
             break
         start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, n_cells)
         rows = adata.X[start:stop] if layer is None else adata.layers[layer][start:stop]
         results = annotate(rows, gene_names=genes, batch_size=batch_size, threshold=threshold, show_progress=False,
-                           compile_backbone=compile_backbone)
+                           **options)
         names = adata.obs_names[start:stop]
         lines = [f"{cell}\t{r['label']}\t{r['score']:.6f}" for cell, r in zip(names, results)]
         (out / f"chunk_{chunk:05d}.tsv").write_text("cell\tlabel\tscore\n" + "\n".join(lines) + "\n")

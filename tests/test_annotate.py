@@ -70,3 +70,28 @@ def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path)
     assert annotated.obs["scinterpreter"].notna().all() and annotated.obsm["X_scinterpreter"].shape == (50, 32)
     assert "scinterpreter" not in anndata.read_h5ad(h5ad).obs  # the input file is left as it was
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["chunks_done"] == 4
+
+
+def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, saved_tiny_model, tmp_path, caplog):
+    from transformers import pipeline
+
+    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)
+    annotate.compile_min_cells = 50  # this 50-cell file counts as large
+    calls = []
+
+    class OlderPipeline:  # the pipeline code of a model folder saved before compile_backbone existed
+        compile_min_cells = 50
+
+        def __call__(self, rows, gene_names, batch_size, threshold, show_progress):
+            calls.append(len(rows))
+            return annotate(rows, gene_names=gene_names, batch_size=batch_size, threshold=threshold,
+                            show_progress=show_progress, compile_backbone=False)
+
+    with caplog.at_level("WARNING"):
+        annotate_h5ad(h5ad, OlderPipeline(), tmp_path / "older", chunk_size=25)
+    assert calls == [25, 25] and "predates compile_backbone" in caplog.text
+    annotate_h5ad(h5ad, annotate, tmp_path / "compiled", chunk_size=25, batch_size=16)
+    assert annotate.model.model.is_backbone_compiled
+    uncompiled, compiled = read_annotations(tmp_path / "older"), read_annotations(tmp_path / "compiled")
+    assert list(uncompiled[1]) == list(compiled[1])
+    np.testing.assert_allclose(uncompiled[3], compiled[3], rtol=0.05, atol=0.05)
