@@ -3,7 +3,7 @@
 Features = expression-weighted sum of the selected genes' embeddings (GenePT-w restricted to the top k),
 classifier = logistic regression, on a fixed split of ../shared/data/scrna. Prints accuracy / macro-F1 per setting.
 
-    python benchmarks/gene_selection_probe.py [dataset_name]
+    python benchmarks/gene_selection_probe.py [dataset_name] [--only_exclusion]
 """
 
 import json
@@ -24,7 +24,7 @@ from scinterpreter.genes import build_gene_table  # noqa: E402
 SHARED = REPO.parent / "shared" / "data" / "scrna"
 
 
-def main(name="baron_human_pancreas"):
+def main(name="baron_human_pancreas", only_exclusion=False):
     adata = read_h5ad(SHARED / f"{name}.h5ad")
     split = json.loads((SHARED / "splits" / f"{name}.json").read_text())
     position = {cell: i for i, cell in enumerate(adata.obs_names)}
@@ -44,6 +44,10 @@ def main(name="baron_human_pancreas"):
 
     for k in (32, 64, 128):
         score(ScInterpreterProcessor(gene_vocab=table.vocab, n_top_genes=k), f"top {k} by expression")
+    processor = ScInterpreterProcessor(gene_vocab=table.vocab, n_top_genes=64, exclude_genes="ribosomal_mitochondrial")
+    score(processor, "top 64 by expression, no ribosomal / mitochondrial genes")
+    if only_exclusion:
+        return
 
     # Per-gene statistics of the training cells, for the standardised rankings.
     matrix = adata.X[train].toarray()
@@ -63,4 +67,5 @@ def main(name="baron_human_pancreas"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    arguments = [a for a in sys.argv[1:] if a != "--only_exclusion"]
+    main(*arguments, only_exclusion="--only_exclusion" in sys.argv)
