@@ -26,6 +26,11 @@ CHUNK_SIZE = 512
 ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
 
 
+def _exclude_pattern(exclude_genes: str) -> re.Pattern:
+    """`exclude_genes` (a preset name or a regular expression) as a case-insensitive pattern."""
+    return re.compile(EXCLUDE_PRESETS.get(exclude_genes, exclude_genes), re.IGNORECASE)
+
+
 class ScInterpreterInputError(ValueError):
     """Input the processor cannot annotate; the message says what was wrong and how to fix it."""
 
@@ -148,7 +153,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.exclude_genes = exclude_genes
         if exclude_genes is not None:
             try:
-                re.compile(EXCLUDE_PRESETS.get(exclude_genes, exclude_genes))
+                _exclude_pattern(exclude_genes)
             except re.error as error:
                 raise ScInterpreterInputError(
                     f"exclude_genes must be a regular expression or one of {list(EXCLUDE_PRESETS)}, got "
@@ -349,7 +354,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         if getattr(self, "_excluded", None) is None or self._excluded[0] != key:
             excluded = np.zeros(len(self.gene_vocab), dtype=bool)
             if self.exclude_genes is not None:
-                pattern = re.compile(EXCLUDE_PRESETS.get(self.exclude_genes, self.exclude_genes), re.IGNORECASE)
+                pattern = _exclude_pattern(self.exclude_genes)
                 excluded[[row for row, symbol in enumerate(self.gene_vocab) if pattern.search(symbol)]] = True
             self._excluded = (key, excluded)
         return self._excluded[1]
