@@ -48,6 +48,13 @@ class ScInterpreterConfig(PretrainedConfig):
             about 0.14), so the backbone reads gene tokens at the scale of the text tokens it was trained on.
         gene_offsets (`bool`, *optional*, defaults to `False`):
             Whether a trainable per-gene vector is added to the frozen text embeddings (beyond the paper).
+        lora_rank (`int`, *optional*, defaults to 0):
+            Rank of the trained low-rank adapters (LoRA) added to the frozen backbone's `lora_target_modules` in
+            every layer (beyond the paper); 0 adds none.
+        lora_alpha (`float`, *optional*, defaults to 16.0):
+            LoRA scaling numerator: each adapter's update is multiplied by `lora_alpha / lora_rank`.
+        lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`):
+            The backbone's attention projections that get adapters.
         cell_pooling (`str`, *optional*, defaults to `"class_token"`):
             `"class_token"`: the cell embedding is the backbone's output at the class token (the paper).
             `"mean"`: the backbone is skipped and the cell embedding is the mean of the cell's soft tokens
@@ -81,6 +88,9 @@ class ScInterpreterConfig(PretrainedConfig):
         class_weights=None,
         soft_token_rms=None,
         gene_offsets=False,
+        lora_rank=0,
+        lora_alpha=16.0,
+        lora_target_modules=("q_proj", "v_proj"),
         cell_pooling="class_token",
         adapter_only=False,
         **kwargs,
@@ -114,6 +124,9 @@ class ScInterpreterConfig(PretrainedConfig):
             raise ValueError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
         self.soft_token_rms = soft_token_rms
         self.gene_offsets = gene_offsets
+        self.lora_rank = int(lora_rank)
+        self.lora_alpha = float(lora_alpha)
+        self.lora_target_modules = list(lora_target_modules)
         self.cell_pooling = cell_pooling
         self.adapter_only = adapter_only
         super().__init__(**kwargs)

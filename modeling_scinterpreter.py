@@ -18,18 +18,33 @@ except ImportError:  # imported as a top-level module (installed package, tests)
     from configuration_scinterpreter import ScInterpreterConfig
     from processing_scinterpreter import ScInterpreterInputError
 
-TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets")
+TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets", "lora_A", "lora_B")
 GENE_TABLE_KEY = "model.gene_embeddings"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _FASTEST_DTYPE = {}
 
 
-def select_backbone_dtype(device="cpu") -> torch.dtype:
+BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BACKBONE_DTYPE_VARIABLE = "SCINTERPRETER_BACKBONE_DTYPE"
+
+
+def select_backbone_dtype(device="cpu", requested: str | None = None) -> torch.dtype:
     """
-    The dtype the frozen backbone runs fastest in on `device`: bfloat16 on GPUs that support it and on CPUs
+    The dtype the frozen backbone runs in on `device`. `requested` (or, when it is None or `"auto"`, the
+    environment variable `SCINTERPRETER_BACKBONE_DTYPE`) forces one of `BACKBONE_DTYPES`, e.g. to run the float32
+    path of an AVX2-only CPU on any machine. Otherwise the fastest: bfloat16 on GPUs that support it and on CPUs
     that run it natively (AVX512_BF16 or AMX), else float32: CPUs without native bfloat16 (AVX2 only) run it many
     times slower than float32. Where torch cannot tell the CPU's features, a short matmul timing decides.
     """
+    if requested in (None, "auto"):
+        requested = os.environ.get(BACKBONE_DTYPE_VARIABLE) or "auto"
+    if requested != "auto":
+        if requested not in BACKBONE_DTYPES:
+            raise ScInterpreterInputError(
+                f"backbone dtype must be 'auto' or one of {list(BACKBONE_DTYPES)}, got {requested!r} "
+                f"(from the argument or ${BACKBONE_DTYPE_VARIABLE})."
+            )
+        return BACKBONE_DTYPES[requested]
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -105,6 +120,25 @@ class ScInterpreterProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(weighted_gene_embeddings)))
 
 
+class ScInterpreterLoraLinear(nn.Linear):
+    """
+    A frozen linear layer of the backbone plus a trained low-rank update (LoRA): `W x + (alpha / r) B A x`. `B`
+    starts at zero, so training starts from the frozen model. The frozen `weight` keeps its name, so backbone
+    checkpoints load as they are; the adapters stay in float32 whatever dtype the backbone runs in.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        self.lora_scaling = alpha / rank
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = super().forward(hidden_states)
+        update = hidden_states.to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T
+        return output + (self.lora_scaling * update).to(output.dtype)
+
+
 class ScInterpreterClassificationHead(nn.Module):
     """
     MLP from the class token's hidden state to label scores. A LayerNorm comes first when `config.head_norm`:
@@ -132,7 +166,8 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
-    _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets"]
+    _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets", "lora_A",
+                                    "lora_B"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -142,6 +177,9 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
             if module.gene_offsets is not None:
                 # Training starts from the paper's frozen text embeddings.
                 init.zeros_(module.gene_offsets.weight)
+        if isinstance(module, ScInterpreterLoraLinear):
+            init.normal_(module.lora_A, mean=0.0, std=module.in_features**-0.5)
+            init.zeros_(module.lora_B)
 
     def freeze_backbone(self):
         """Freezes everything but the projector, the class token and the head."""
@@ -152,6 +190,9 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     def set_backbone_dtype(self, dtype: torch.dtype):
         """Casts the frozen backbone (only) to `dtype`; the trained parts and the gene table stay in float32."""
         self.base_model.language_model.to(dtype)
+        for module in self.base_model.language_model.modules():
+            if isinstance(module, ScInterpreterLoraLinear):
+                module.lora_A.data, module.lora_B.data = module.lora_A.data.float(), module.lora_B.data.float()
         return self
 
     def save_pretrained(self, save_directory, *args, adapter_only: bool = False, **kwargs):
@@ -216,7 +257,7 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         backbone = LlamaModel.from_pretrained(
             _resolve_backbone(config.backbone_name_or_path), config=config.text_config, dtype=torch.float32
         )
-        base.language_model.load_state_dict(backbone.state_dict())
+        base.load_backbone_weights(backbone.state_dict())
         self.set_backbone_dtype(getattr(torch, getattr(config, "backbone_dtype", None) or "float32"))
 
 
@@ -301,9 +342,31 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
             nn.Embedding(config.gene_vocab_size, config.gene_embedding_dim) if config.gene_offsets else None
         )
         self.language_model = LlamaModel(config.text_config)
+        if config.lora_rank > 0:
+            self._add_lora_adapters()
         self._instruction_cache = None
         self.post_init()
         self.freeze_backbone()
+
+    def _add_lora_adapters(self):
+        config = self.config
+        for layer in self.language_model.layers:
+            for name in config.lora_target_modules:
+                frozen = getattr(layer.self_attn, name)
+                setattr(layer.self_attn, name, ScInterpreterLoraLinear(
+                    frozen.in_features, frozen.out_features, frozen.bias is not None, config.lora_rank,
+                    config.lora_alpha,
+                ))
+
+    def load_backbone_weights(self, state_dict: dict):
+        """Loads a `LlamaModel` state dict into the frozen backbone (its LoRA adapters, if any, are kept)."""
+        result = self.language_model.load_state_dict(state_dict, strict=False)
+        missing = [key for key in result.missing_keys if ".lora_" not in key]
+        if missing or result.unexpected_keys:
+            raise ScInterpreterInputError(
+                f"the backbone weights do not fit the model's backbone (missing {missing[:3]}, unexpected "
+                f"{result.unexpected_keys[:3]}): was the model configured for another backbone or depth?"
+            )
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -482,6 +545,7 @@ __all__ = [
     "CellAnnotationOutput",
     "ScInterpreterClassificationHead",
     "ScInterpreterForCellAnnotation",
+    "ScInterpreterLoraLinear",
     "ScInterpreterModel",
     "ScInterpreterModelOutput",
     "ScInterpreterPreTrainedModel",

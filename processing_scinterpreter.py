@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 MATCH_RULES = ("exact", "case", "alias", "ensembl", "entrez", "ortholog")
 INPUT_KINDS = ("auto", "counts", "log1p")
-GENE_RANKINGS = ("expression", "standardized")
+# How each cell's genes are chosen: by normalised expression, or (after `fit`) by their excess over the reference
+# profile of the training cells, which keeps genes every cell expresses from crowding out the cell's markers.
+GENE_SELECTIONS = ("expression", "excess")
+# The number each chosen gene's soft token is weighted by.
+TOKEN_VALUES = ("expression", "excess")
 # Ribosomal protein genes (RPS*/RPL* and their X/Y/like copies, not kinases such as RPS6KA1) and mitochondrial
 # genes: the most expressed genes of most cells, whatever their type.
 EXCLUDE_PRESETS = {"ribosomal_mitochondrial": r"^(RP[SL]\d+(A|L|X|AL|Y\d?)?|RPLP[0-2]|MT-.+)$"}
@@ -107,8 +111,14 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         target_sum (`float`, *optional*, defaults to 1e4): per-cell total that raw counts are scaled to before log1p.
         input_kind (`str`, *optional*, defaults to `"auto"`): `"counts"` (raw counts: normalise and log1p),
             `"log1p"` (already log-normalised: use as is) or `"auto"` (integers are counts, anything else log1p).
-        gene_ranking (`str`, *optional*, defaults to `"expression"`): rank genes by normalised expression, or by
-            expression standardised with `gene_mean` / `gene_std` (per-gene statistics of the training data).
+        gene_selection (`str`, *optional*): how each cell's genes are ranked: `"expression"` (normalised expression,
+            the paper's rule) or `"excess"` (expression minus the gene's mean over the training cells, the reference
+            that `fit` learns; only expressed genes the reference knows are chosen). Defaults to `"excess"` once
+            fitted, else `"expression"`.
+        token_value (`str`, *optional*, defaults to `"expression"`): the value returned as `gene_values`, which
+            weighs each soft token: the gene's normalised expression, or its excess over the reference.
+        reference_gene_ids, reference_means (`list`, *optional*): the fitted reference profile (vocabulary rows and
+            their mean log-normalised expression over the training cells), as written by `fit`.
         exclude_genes (`str`, *optional*): vocabulary genes never chosen as a cell's top genes: a regular expression
             on their symbols (case-insensitive) or a name in `EXCLUDE_PRESETS` (`"ribosomal_mitochondrial"`). They
             still count in each cell's library size.
@@ -127,9 +137,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         n_top_genes=64,
         target_sum=1e4,
         input_kind="auto",
-        gene_ranking="expression",
-        gene_mean=None,
-        gene_std=None,
+        gene_selection=None,
+        token_value="expression",
+        reference_gene_ids=None,
+        reference_means=None,
         exclude_genes=None,
         species="human",
         alias_map=None,
@@ -141,15 +152,18 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         super().__init__(**kwargs)
         if input_kind not in INPUT_KINDS:
             raise ScInterpreterInputError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}.")
-        if gene_ranking not in GENE_RANKINGS:
-            raise ScInterpreterInputError(f"gene_ranking must be one of {GENE_RANKINGS}, got {gene_ranking!r}.")
+        if gene_selection is not None and gene_selection not in GENE_SELECTIONS:
+            raise ScInterpreterInputError(f"gene_selection must be one of {GENE_SELECTIONS}, got {gene_selection!r}.")
+        if token_value not in TOKEN_VALUES:
+            raise ScInterpreterInputError(f"token_value must be one of {TOKEN_VALUES}, got {token_value!r}.")
         self.gene_vocab = list(gene_vocab or [])
         self.n_top_genes = int(n_top_genes)
         self.target_sum = float(target_sum)
         self.input_kind = input_kind
-        self.gene_ranking = gene_ranking
-        self.gene_mean = list(gene_mean) if gene_mean is not None else None
-        self.gene_std = list(gene_std) if gene_std is not None else None
+        self.gene_selection = gene_selection
+        self.token_value = token_value
+        self.reference_gene_ids = [int(row) for row in reference_gene_ids] if reference_gene_ids is not None else None
+        self.reference_means = [float(mean) for mean in reference_means] if reference_means is not None else None
         self.exclude_genes = exclude_genes
         if exclude_genes is not None:
             try:
@@ -164,6 +178,16 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.ensembl_map = dict(ensembl_map or {})
         self.entrez_map = dict(entrez_map or {})
         self.ortholog_map = dict(ortholog_map or {})
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` has learnt the reference profile."""
+        return self.reference_gene_ids is not None
+
+    @property
+    def selection(self) -> str:
+        """The gene-selection rule in force: `gene_selection`, or its default (`"excess"` once fitted)."""
+        return self.gene_selection or ("excess" if self.is_fitted else "expression")
 
     def to_dict(self):
         output = super().to_dict()
@@ -359,13 +383,23 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             self._excluded = (key, excluded)
         return self._excluded[1]
 
+    def reference_profile(self) -> np.ndarray:
+        """The fitted reference as a vector over the vocabulary: mean log-normalised expression, NaN where unknown."""
+        key = (len(self.gene_vocab), id(self.reference_gene_ids), id(self.reference_means))
+        if getattr(self, "_reference", None) is None or self._reference[0] != key:
+            profile = np.full(len(self.gene_vocab), np.nan, dtype=np.float32)
+            profile[np.asarray(self.reference_gene_ids, dtype=np.int64)] = self.reference_means
+            self._reference = (key, profile)
+        return self._reference[1]
+
     def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
         values = self._normalize_chunk(chunk, matched, input_kind, first_row)
         score = values
-        if self.gene_ranking == "standardized":
-            mean = np.asarray(self.gene_mean, dtype=np.float32)[matched.vocab_ids]
-            std = np.asarray(self.gene_std, dtype=np.float32)[matched.vocab_ids]
-            score = np.where(values > 0, (values - mean) / std, -np.inf)
+        if self.selection == "excess" or self.token_value == "excess":
+            excess = values - self.reference_profile()[matched.vocab_ids]
+        if self.selection == "excess":
+            # Genes the training cells never measured have no reference (NaN): they are never chosen.
+            score = np.where((values > 0) & ~np.isnan(excess), excess, -np.inf)
         if self.exclude_genes is not None:
             score = np.where(self.excluded_vocab_rows()[matched.vocab_ids], -np.inf, score)
         # A stable sort on the negated score keeps ties in vocabulary order, so results do not depend on the
@@ -373,6 +407,8 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         order = np.argsort(-score, axis=1, kind="stable")[:, : self.n_top_genes]
         top_values = np.take_along_axis(values, order, axis=1)
         mask = (top_values > 0) & (np.take_along_axis(score, order, axis=1) > -np.inf)
+        if self.token_value == "excess":
+            top_values = np.nan_to_num(np.take_along_axis(excess, order, axis=1))
         gene_ids = np.where(mask, matched.vocab_ids[order], 0)
         k = self.n_top_genes
         pad = k - gene_ids.shape[1]
@@ -421,6 +457,26 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
                                           show_progress=False)
         return np.concatenate(parts), matched.vocab_ids
 
+    def fit(self, expression, gene_names=None, layer=None, min_matched_genes=MIN_MATCHED_GENES,
+            show_progress=False):
+        """
+        Learns the reference profile from training cells: each matched gene's mean log-normalised expression.
+        From then on each cell's genes are chosen by their excess over it (`gene_selection="excess"`, unless set
+        otherwise), and the profile is saved with the processor (`save_pretrained`, JSON). Takes the same inputs
+        as calling the processor; returns the processor.
+        """
+
+        def sums(chunk, matched, input_kind, first_row):
+            return self._normalize_chunk(chunk, matched, input_kind, first_row).sum(0, dtype=np.float64), len(chunk)
+
+        parts, matched = self._map_chunks(sums, expression, gene_names, layer, min_matched_genes, show_progress)
+        totals = np.sum([part[0] for part in parts], axis=0)
+        n_cells = sum(part[1] for part in parts)
+        self.reference_gene_ids = matched.vocab_ids.tolist()
+        self.reference_means = np.round(totals / n_cells, 5).tolist()
+        logger.info(f"reference profile fitted on {n_cells} cells and {len(matched.vocab_ids)} genes")
+        return self
+
     def __call__(
         self,
         expression,
@@ -443,6 +499,11 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             [`BatchFeature`] with `gene_ids` (long), `gene_values` (float) and `gene_mask` (long), each of shape
             `(n_cells, n_top_genes)`.
         """
+        if (self.selection == "excess" or self.token_value == "excess") and not self.is_fitted:
+            raise ScInterpreterInputError(
+                "gene_selection='excess' and token_value='excess' need the reference profile of the training cells: "
+                "call processor.fit(training_cells) first (train.py does), or load a fitted processor."
+            )
         parts, _ = self._map_chunks(self._rank_chunk, expression, gene_names, layer, min_matched_genes, show_progress)
         gene_ids, gene_values, gene_mask = (np.concatenate(p) for p in zip(*parts))
         if not gene_mask.any():

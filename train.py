@@ -15,18 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import HfArgumentParser, TrainingArguments, pipeline, set_seed
+from transformers import HfArgumentParser, pipeline, set_seed
 
-from scinterpreter.backbone import DEFAULT_BACKBONE
-from scinterpreter.build import build_model
-from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
-from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
 from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split_cells
+from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
 from scinterpreter.evaluation import annotation_metrics, per_class_report
-from scinterpreter.genes import build_gene_table, load_gene_descriptions
-from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_umaps
+from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
 from scinterpreter.model_card import write_model_card
+from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_umaps
 from scinterpreter.trainer import ScInterpreterTrainer
+from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, build_model_from_recipe, fit
 from processing_scinterpreter import ScInterpreterInputError
 
 logger = logging.getLogger("scinterpreter.train")
@@ -46,41 +44,6 @@ class ScriptArguments:
     split_file: str | None = field(default=None, metadata={"help": "JSON with `train`/`test` cell names."})
     split_fold: str | None = field(default=None, metadata={"help": "Test batch of a leave-one-batch-out split."})
     test_size: float = field(default=0.2, metadata={"help": "Test fraction of the stratified split (no split_file)."})
-    backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "Llama-architecture checkpoint: Hub id or path."})
-    num_backbone_layers: int | None = field(
-        default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
-    )
-    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
-    exclude_genes: str | None = field(
-        default=None,
-        metadata={"help": "Genes never chosen as a cell's top genes: ribosomal_mitochondrial (RPS/RPL/MT- genes) or "
-                          "a regular expression on gene symbols. They still count in the library size."},
-    )
-    gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
-    gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
-    center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
-    head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
-    head_norm: bool = field(default=False, metadata={"help": "LayerNorm the cell embedding before the head."})
-    soft_token_rms: str = field(
-        default="auto",
-        metadata={"help": "Root-mean-square of each gene soft token: auto (that of the backbone's token embeddings, "
-                          "about 0.14 for SmolLM2), a number, or none (the projector's own scale, as in the paper)."},
-    )
-    gene_offsets: bool = field(
-        default=False,
-        metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper; "
-                          "about 10 MB more trained weights per 10,000 genes)."},
-    )
-    cell_pooling: str = field(
-        default="class_token",
-        metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
-    )
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
-    class_weighting: str = field(
-        default="none",
-        metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse "
-                          "(normalised to mean 1)."},
-    )
     unseen_test_labels: str = field(
         default="error",
         metadata={"help": "Test cells whose type never occurs in training: error, or drop them from the metrics."},
@@ -97,72 +60,30 @@ class ScriptArguments:
         metadata={"help": "Stream the cells of a Hub or local sparse-row dataset instead of loading them (for data "
                           "larger than memory); test cells = --split_file's, else a stable hash of the cell id."},
     )
+    reference_cells: int = field(
+        default=10_000,
+        metadata={"help": "With --streaming: how many training cells of the stream the reference profile is fitted on."},
+    )
     annotate_test_cells: bool = field(default=True, metadata={"help": "Reload the saved model as a pipeline and "
                                                                       "annotate the test cells with it."})
 
 
-@dataclass
-class ScInterpreterTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults measured for scInterpreter (see docs/experiments.md)."""
-
-    output_dir: str = field(default="outputs/scinterpreter")
-    learning_rate: float = field(default=2e-3)
-    num_train_epochs: float = field(default=12.0)
-    per_device_train_batch_size: int = field(default=16)
-    per_device_eval_batch_size: int = field(default=64)
-    lr_scheduler_type: str = field(default="cosine")
-    warmup_steps: float = field(default=0.05)
-    weight_decay: float = field(default=0.01)
-    logging_steps: float = field(default=20)
-    save_strategy: str = field(default="no")
-    dataloader_pin_memory: bool = field(default=False)
-    seed: int = field(default=0)
-
-
-def loss_class_weights(train_labels, classes, scheme: str):
-    """Per-class loss weights from training counts (`none`, `sqrt_inverse` or `inverse`), mean 1."""
-    if scheme == "none":
-        return None
-    if scheme not in ("sqrt_inverse", "inverse"):
-        raise ValueError(f"--class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
-    counts = np.array([np.sum(train_labels == label) for label in classes], dtype=np.float64)
-    weights = 1.0 / (np.sqrt(counts) if scheme == "sqrt_inverse" else counts)
-    return (weights / weights.mean()).round(6).tolist()
-
-
-def build_model_from_args(script_args, classes, class_weights=None):
-    """A fresh model and processor for `classes`, as the command-line arguments describe them."""
-    descriptions = load_gene_descriptions(path=script_args.gene_descriptions) if script_args.gene_descriptions else None
-    gene_table = build_gene_table(descriptions, encoder=script_args.gene_encoder, center=script_args.center_gene_table)
-    num_layers = script_args.num_backbone_layers if (script_args.num_backbone_layers or 0) > 0 else None
-    return build_model(
-        classes,
-        backbone=script_args.backbone,
-        num_backbone_layers=num_layers,
-        gene_table=gene_table,
-        n_top_genes=script_args.n_top_genes,
-        processor_kwargs={"exclude_genes": script_args.exclude_genes},
-        head_hidden_size=script_args.head_hidden_size,
-        head_norm=script_args.head_norm,
-        label_smoothing=script_args.label_smoothing,
-        class_weights=class_weights,
-        soft_token_rms=script_args.soft_token_rms,
-        gene_offsets=script_args.gene_offsets,
-        cell_pooling=script_args.cell_pooling,
-    )
+def parse_arguments(argv=None):
+    """`(script_args, recipe, training_args)` from the command line."""
+    parser = HfArgumentParser((ScriptArguments, Recipe, ScInterpreterTrainingArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def main(argv=None, callbacks=None):
-    parser = HfArgumentParser((ScriptArguments, ScInterpreterTrainingArguments))
-    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    script_args, recipe, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
-    if training_args.ddp_find_unused_parameters is None and script_args.cell_pooling == "class_token":
+    if training_args.ddp_find_unused_parameters is None and recipe.cell_pooling == "class_token":
         training_args.ddp_find_unused_parameters = False  # every trained parameter is used: skip DDP's extra pass
     if script_args.streaming:
-        return train_streaming(script_args, training_args, callbacks, started)
+        return train_streaming(script_args, recipe, training_args, callbacks, started)
 
     dataset_path, label_column = script_args.dataset, script_args.label_column or "cell_type"
     if script_args.dataset in DEMO_DATASETS:
@@ -185,34 +106,20 @@ def main(argv=None, callbacks=None):
         )
     if unseen:
         logger.warning(f"test labels {unseen} never occur in training; those cells are left out of the metrics")
-    label2id = {label: i for i, label in enumerate(classes)}
     logger.info(f"{len(train_idx)} training and {len(test_idx)} test cells, {len(classes)} cell types")
 
-    class_weights = loss_class_weights(labels[train_idx], classes, script_args.class_weighting)
-    model, processor = build_model_from_args(script_args, classes, class_weights)
-    encoded = processor(adata, layer=script_args.layer, return_tensors="np", show_progress=True)
-    label_ids = np.array([label2id.get(label, -1) for label in labels])
-    evaluated = test_idx[label_ids[test_idx] >= 0]
-    train_dataset = CellDataset({k: v[train_idx] for k, v in encoded.items()}, label_ids[train_idx])
-    test_dataset = CellDataset({k: v[evaluated] for k, v in encoded.items()}, label_ids[evaluated])
-
-    trainer = ScInterpreterTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, processing_class=processor, callbacks=callbacks,
-        adapter_only=script_args.adapter_only,
-    )
-    train_started = time.perf_counter()
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True  # the newest checkpoint in --output_dir
-    trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - train_started
-
+    fitted = fit(adata[train_idx], labels[train_idx], recipe, training_args, layer=script_args.layer,
+                 classes=classes, callbacks=callbacks, adapter_only=script_args.adapter_only)
+    model, processor, trainer = fitted.model, fitted.processor, fitted.trainer
+    training_args = trainer.args
+    evaluated = test_idx[np.isin(labels[test_idx], classes)]
+    references = np.array([fitted.label2id[label] for label in labels[evaluated]])
     eval_started = time.perf_counter()
-    prediction = trainer.predict(test_dataset)
+    test_inputs = processor(adata[evaluated], layer=script_args.layer, return_tensors="np")
+    prediction = trainer.predict(CellDataset(test_inputs, references), metric_key_prefix="test")
     eval_seconds = time.perf_counter() - eval_started
     logits, cell_embeddings = prediction.predictions[:2]
     predicted = logits.argmax(-1)
-    references = label_ids[evaluated]
     metrics = annotation_metrics(predicted, references)
     results = {
         "dataset": script_args.dataset,
@@ -221,17 +128,22 @@ def main(argv=None, callbacks=None):
         "gene_match": processor.match_genes(adata.var_names).summary(),
         "split_file": script_args.split_file,
         "split_fold": script_args.split_fold,
-        "n_train_cells": int(len(train_idx)),
+        "n_train_cells": int(len(train_idx) - len(fitted.validation_cells)),
+        "n_validation_cells": int(len(fitted.validation_cells)),
         "n_test_cells": int(len(evaluated)),
         "test": metrics,
+        "validation": {key: round(float(value), 4) for key, value in fitted.validation_metrics().items()},
+        "best_epoch": fitted.best_epoch,
         "per_class": per_class_report(predicted, references, classes),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(fitted.train_seconds, 1),
         "train_cells_per_second": round(
-            trainer.state.global_step * training_args.train_batch_size * training_args.world_size / train_seconds, 2
+            trainer.state.global_step * training_args.train_batch_size * training_args.world_size
+            / fitted.train_seconds, 2
         ),
         "test_cells_per_second": round(len(evaluated) / eval_seconds, 2),
         "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
         "script_args": asdict(script_args),
+        "recipe": asdict(recipe),
         "training_args": {k: training_args.to_dict()[k] for k in
                           ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type",
                            "warmup_steps", "weight_decay", "seed")},
@@ -264,13 +176,13 @@ def main(argv=None, callbacks=None):
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
           f"(macro precision {metrics['macro_precision']:.4f}, macro recall {metrics['macro_recall']:.4f}); "
-          f"training {train_seconds / 60:.1f} min; model and metrics.json in {output_dir}")
+          f"training {fitted.train_seconds / 60:.1f} min; model and metrics.json in {output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return results
 
 
-def train_streaming(script_args, training_args, callbacks, started):
+def train_streaming(script_args, recipe, training_args, callbacks, started):
     """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
     import math
 
@@ -291,14 +203,21 @@ def train_streaming(script_args, training_args, callbacks, started):
     else:
         def is_test(cell_id):
             return hash_split(cell_id, script_args.test_size)
-    model, processor = build_model_from_args(script_args, classes)
-    if training_args.max_steps <= 0:  # a stream has no length: count the training cells in one pass over the ids
-        n_train = sum(not is_test(row["cell_id"]) for row in cells.select_columns(["cell_id"]))
+    if recipe.validation_fraction > 0:
+        logger.info("streamed training holds no validation cells out: it trains for --max_steps and keeps the end")
+    model, processor = build_model_from_recipe(recipe, classes, device=training_args.device)
+    # a stream has no length: count the training cells in one pass over the ids
+    n_train = sum(not is_test(row["cell_id"]) for row in cells.select_columns(["cell_id"]))
+    if training_args.max_steps <= 0:
         per_step = training_args.per_device_train_batch_size * training_args.world_size
         training_args.max_steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
         logger.info(f"{n_train} training cells in the stream: {training_args.max_steps} steps")
     train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), gene_metadata,
                                  processor, keep=lambda cell_id: not is_test(cell_id))
+    if processor.selection == "excess" or processor.token_value == "excess":
+        reference_cells = StreamingCells(cells, gene_metadata, processor, keep=lambda cell_id: not is_test(cell_id))
+        matrix, gene_names = reference_cells.first_cells(script_args.reference_cells)
+        processor.fit(matrix, gene_names=gene_names)
     test_cells = StreamingCells(cells, gene_metadata, processor, keep=is_test)
     trainer = ScInterpreterTrainer(model=model, args=training_args, train_dataset=train_cells,
                                    processing_class=processor, callbacks=callbacks,
@@ -310,10 +229,10 @@ def train_streaming(script_args, training_args, callbacks, started):
     predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids
     metrics = annotation_metrics(predicted, references)
     results = {"dataset": script_args.dataset, "streaming": True, "split_file": script_args.split_file,
-               "n_train_cells": int(trainer.state.global_step * training_args.train_batch_size), "test_size": (
-                   script_args.test_size), "n_test_cells": int(len(references)), "test": metrics,
+               "n_train_cells": int(n_train), "test_size": script_args.test_size, "n_test_cells": int(len(references)), "test": metrics,
                "per_class": per_class_report(predicted, references, classes),
-               "train_seconds": round(train_seconds, 1), "script_args": asdict(script_args)}
+               "train_seconds": round(train_seconds, 1), "script_args": asdict(script_args),
+               "recipe": asdict(recipe)}
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():

@@ -100,11 +100,16 @@ def build_model(
     )
     register_auto_classes(config)
     model = ScInterpreterForCellAnnotation(config)
-    model.model.language_model.load_state_dict(language_model.state_dict())
+    model.model.load_backbone_weights(language_model.state_dict())
     model.model.gene_embeddings.copy_(torch.from_numpy(gene_table.embeddings))
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
-    processor = ScInterpreterProcessor(
-        gene_vocab=gene_table.vocab, n_top_genes=n_top_genes, species=gene_table.species,
-        **load_gene_id_maps(gene_table.vocab), **(processor_kwargs or {}),
-    )
+    processor = build_processor(gene_table, n_top_genes=n_top_genes, **(processor_kwargs or {}))
     return model, processor
+
+
+def build_processor(gene_table: GeneTable, **processor_kwargs) -> ScInterpreterProcessor:
+    """An unfitted `ScInterpreterProcessor` for `gene_table`'s vocabulary, with its alias, ID and ortholog maps."""
+    return ScInterpreterProcessor(
+        gene_vocab=gene_table.vocab, species=gene_table.species, **load_gene_id_maps(gene_table.vocab),
+        **processor_kwargs,
+    )

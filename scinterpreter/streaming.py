@@ -36,16 +36,28 @@ class StreamingCells(torch.utils.data.IterableDataset):
         if rows:
             yield from self._encode(rows)
 
-    def _encode(self, rows):
+    def _matrix(self, rows):
         from scipy import sparse
 
         indptr = np.cumsum([0] + [len(row["genes"]) for row in rows])
-        matrix = sparse.csr_matrix(
+        return sparse.csr_matrix(
             (np.concatenate([np.asarray(r["expressions"], dtype=np.float32) for r in rows]),
              np.concatenate([np.asarray(r["genes"], dtype=np.int64) for r in rows]), indptr),
             shape=(len(rows), len(self.gene_names)),
         )
-        encoded = self.processor(matrix, gene_names=list(self.gene_names), return_tensors="pt")
+
+    def first_cells(self, n_cells: int):
+        """`(matrix, gene_names)`: the stream's first `n_cells` kept cells, e.g. to fit the processor's reference."""
+        rows = []
+        for row in self.cells:
+            if self.keep(row["cell_id"]):
+                rows.append(row)
+                if len(rows) == n_cells:
+                    break
+        return self._matrix(rows), list(self.gene_names)
+
+    def _encode(self, rows):
+        encoded = self.processor(self._matrix(rows), gene_names=list(self.gene_names), return_tensors="pt")
         for i, row in enumerate(rows):
             item = {name: encoded[name][i] for name in ("gene_ids", "gene_values", "gene_mask")}
             if self.label_column in row:

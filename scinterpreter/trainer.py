@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,47 @@ class ScInterpreterTrainer(Trainer):
     A `Trainer` that writes no pickle: model folders get `training_args.json`, and checkpoints keep the optimizer,
     scheduler and random-number states as safetensors + JSON instead of `torch.save` files. Checkpoints hold only
     the trained weights (projector, class token, head): the backbone and gene table are frozen, and `Trainer`
-    reloads checkpoints non-strictly, so `--resume_from_checkpoint` works with them.
+    reloads checkpoints non-strictly, so `--resume_from_checkpoint` and `--load_best_model_at_end` work with them.
+    With `train_sample_weights` (one per training cell), cells are drawn with replacement in those proportions.
     """
 
-    def __init__(self, *args, adapter_only: bool = False, **kwargs):
+    def __init__(self, *args, adapter_only: bool = False, train_sample_weights=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.adapter_only = adapter_only
+        self.train_sample_weights = train_sample_weights
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        # Drawn from torch's global generator, which Trainer seeds, checkpoints and restores on resume.
+        return torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(self.train_sample_weights, dtype=torch.double), len(self.train_sample_weights)
+        )
+
+    def _is_checkpoint(self, output_dir: Path) -> bool:
+        """A Trainer checkpoint (`<output_dir>/checkpoint-<step>`), not a model folder that happens to be named so."""
+        return (re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", output_dir.name) is not None
+                and output_dir.parent.resolve() == Path(self.args.output_dir).resolve())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if output_dir.name.startswith(PREFIX_CHECKPOINT_DIR):
+        checkpoint = self._is_checkpoint(output_dir)
+        if checkpoint:
             trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
             state_dict = {name: tensor for name, tensor in (state_dict or model.state_dict()).items() if name in trained}
         save_model_folder(model, self.processing_class, output_dir, state_dict=state_dict,
-                          adapter_only=self.adapter_only and not output_dir.name.startswith(PREFIX_CHECKPOINT_DIR))
+                          adapter_only=self.adapter_only and not checkpoint)
         (output_dir / "training_args.json").write_text(self.args.to_json_string())
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Checkpoints hold only the trained weights: the frozen ones are missing on purpose.
+        trained = {name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+        missing = [key for key in load_result.missing_keys if key in trained]
+        if missing or load_result.unexpected_keys:
+            super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not self.args.should_save:

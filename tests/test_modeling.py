@@ -149,3 +149,32 @@ def test_mean_pooling_skips_the_backbone(processor, counts, monkeypatch):
     torch.testing.assert_close(out.cell_embeddings, (soft * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="cell_pooling"):
         make_tiny_model(cell_pooling="max")
+
+
+def test_lora_adapters_start_at_the_frozen_model_and_train_with_the_projector(processor, counts):
+    plain, adapted = make_tiny_model(seed=0), make_tiny_model(seed=0, lora_rank=4)
+    adapted.model.load_backbone_weights(plain.model.language_model.state_dict())
+    adapted.load_state_dict({k: v for k, v in plain.state_dict().items()}, strict=False)
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(adapted(**inputs).logits, plain(**inputs).logits, atol=1e-6, rtol=1e-6)
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    lora = {name for name in trainable if ".lora_" in name}
+    n_layers = adapted.config.text_config.num_hidden_layers
+    assert len(lora) == 2 * 2 * n_layers  # A and B on q_proj and v_proj of every layer
+    assert all(name.startswith(TRAINABLE_PREFIXES) for name in trainable - lora)
+
+
+def test_lora_adapters_stay_float32_in_a_bfloat16_backbone_and_reload(tmp_path, processor, counts):
+    model = make_tiny_model(lora_rank=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    model.set_backbone_dtype(torch.bfloat16)
+    q_proj = model.model.language_model.layers[0].self_attn.q_proj
+    assert q_proj.weight.dtype == torch.bfloat16 and q_proj.lora_A.dtype == torch.float32
+    model.save_pretrained(tmp_path)
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path).set_backbone_dtype(torch.bfloat16).eval()
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    assert reloaded.model.language_model.layers[0].self_attn.q_proj.lora_B.requires_grad

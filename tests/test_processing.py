@@ -143,3 +143,67 @@ def test_exclude_genes_is_saved_with_the_processor(tmp_path):
     processor = ScInterpreterProcessor(gene_vocab=GENES, exclude_genes="ribosomal_mitochondrial")
     processor.save_pretrained(tmp_path)
     assert ScInterpreterProcessor.from_pretrained(tmp_path).exclude_genes == "ribosomal_mitochondrial"
+
+
+def _housekeeping_cells():
+    """Every cell expresses GENE0 most; each also expresses one gene of its own, less than GENE0."""
+    values = np.full((6, len(GENES)), 0.0, dtype=np.float32)
+    values[:, 0] = 3.5  # not integers: log-normalised values, used as they are
+    for cell in range(6):
+        values[cell, 10 + cell] = 2.5
+    return values
+
+
+def test_fit_learns_the_reference_and_chooses_genes_by_their_excess_over_it():
+    values = _housekeeping_cells()
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=1)
+    assert processor(values, gene_names=GENES, return_tensors="np")["gene_ids"][:, 0].tolist() == [0] * 6
+    assert processor.fit(values, gene_names=GENES) is processor and processor.selection == "excess"
+    reference = processor.reference_profile()
+    assert reference[0] == pytest.approx(3.5) and reference[10] == pytest.approx(2.5 / 6, abs=1e-5)  # 5 decimals
+    chosen = processor(values, gene_names=GENES, return_tensors="np")
+    assert chosen["gene_ids"][:, 0].tolist() == [10, 11, 12, 13, 14, 15]
+    assert chosen["gene_values"][:, 0].tolist() == [2.5] * 6  # tokens still carry the expression by default
+
+
+def test_token_value_excess_carries_expression_minus_the_reference():
+    values = _housekeeping_cells()
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=2, token_value="excess").fit(values, GENES)
+    out = processor(values, gene_names=GENES, return_tensors="np")
+    np.testing.assert_allclose(out["gene_values"][0], [2.5 - 2.5 / 6, 0.0], atol=1e-5)
+
+
+def test_gene_selection_expression_keeps_the_papers_rule_after_fit():
+    values = _housekeeping_cells()
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=1, gene_selection="expression").fit(values, GENES)
+    assert processor(values, gene_names=GENES, return_tensors="np")["gene_ids"][:, 0].tolist() == [0] * 6
+
+
+def test_genes_the_reference_never_measured_are_never_chosen():
+    values = _housekeeping_cells()
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=3).fit(values[:, :20], GENES[:20])
+    query = values.copy()
+    query[:, 30] = 9.5  # measured in the query only
+    chosen = processor(query, gene_names=GENES, return_tensors="np")
+    assert 30 not in chosen["gene_ids"][chosen["gene_mask"].astype(bool)]
+
+
+def test_excess_selection_needs_a_fitted_reference():
+    processor = ScInterpreterProcessor(gene_vocab=GENES, gene_selection="excess")
+    with pytest.raises(ScInterpreterInputError, match=r"call processor.fit\(training_cells\) first"):
+        processor(_housekeeping_cells(), gene_names=GENES)
+
+
+def test_fitted_reference_is_saved_as_json_and_loads_as_remote_code(tmp_path):
+    values = _housekeeping_cells()
+    from conftest import tiny_config
+    from scinterpreter.build import register_auto_classes
+
+    register_auto_classes(tiny_config())
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=2).fit(values, GENES)
+    processor.save_pretrained(tmp_path)
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".py"}
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert loaded.is_fitted and loaded.selection == "excess"
+    for key, value in processor(values, gene_names=GENES, return_tensors="np").items():
+        np.testing.assert_array_equal(loaded(values, gene_names=GENES, return_tensors="np")[key], value)

@@ -25,7 +25,9 @@ def test_train_writes_metrics_plot_and_a_loadable_model_folder(tiny_run):
     out, results = tiny_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
-    assert metrics["n_test_cells"] == 18 and metrics["n_train_cells"] == 72
+    assert metrics["n_test_cells"] == 18
+    assert metrics["n_train_cells"] + metrics["n_validation_cells"] == 72 and metrics["n_validation_cells"] == 6
+    assert not list(out.glob("checkpoint-*")), "the checkpoints kept for the best epoch are removed"
     assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "umap.png").stat().st_size > 0
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert sorted(model.config.id2label.values()) == ["B cell", "T cell", "beta"]

@@ -1,0 +1,230 @@
+"""Trains scInterpreter recipes on the shared splits through the product's own `fit`, several runs at a time, and
+appends one JSON record per run (dataset, split, option, seed, test accuracy / macro-F1, per-epoch validation and
+test metrics, the epoch kept): the screening and reporting tool for recipes and ablations.
+
+    python benchmarks/recipes.py --options default --seeds 0 1 2 --out docs/benchmarks/recipes_cpu.jsonl
+    python benchmarks/recipes.py --options default offsets balance --splits baron_human_pancreas lobo_3pv1 --workers 2
+    python benchmarks/recipes.py --bundle .device_bundle --options ... --workers 12 --deadline 480   # a lent GPU
+
+Each option is one change from `Recipe()` + `ScInterpreterTrainingArguments()` (the product's defaults), listed in
+OPTIONS. Test cells are evaluated every epoch for the record only; the epoch kept is chosen on validation cells
+held out of the training cells. With `--bundle` (made by `benchmarks/pack_device_bundle.py`), the data, gene table
+and backbone come from that folder instead of ../shared and the local cache, for a machine without them.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+# One change each from the product's defaults. Keys are `Recipe` or `TrainingArguments` fields.
+OPTIONS = {
+    "default": {},
+    "paper_selection": {"gene_selection": "expression"},
+    "token_excess": {"token_value": "excess"},
+    "k32": {"n_top_genes": 32},
+    "k128": {"n_top_genes": 128},
+    "k256": {"n_top_genes": 256},
+    "offsets": {"gene_offsets": True},
+    "balance": {"class_balance": 0.5},
+    "balance_full": {"class_balance": 1.0},
+    "lora8": {"lora_rank": 8},
+    "ep6": {"num_train_epochs": 6},
+    "ep24": {"num_train_epochs": 24},
+    "lr1e-3": {"learning_rate": 1e-3},
+    "lr4e-3": {"learning_rate": 4e-3},
+    "no_validation": {"validation_fraction": 0.0},
+    "best_by_loss": {"best_epoch_metric": "loss"},
+    "no_llm": {"cell_pooling": "mean"},
+    "random_genes": {"gene_encoder": "random"},
+}
+
+
+def parse_option(name: str) -> dict:
+    """An option by name, or several joined by `+` (e.g. `offsets+balance`)."""
+    changes = {}
+    for part in name.split("+"):
+        if part not in OPTIONS:
+            raise SystemExit(f"unknown option {part!r}; known: {sorted(OPTIONS)}")
+        changes.update(OPTIONS[part])
+    return changes
+
+
+def load_cells(dataset, split, split_file, fold, bundle):
+    """`(expression, gene_names, labels, train, test)` of one split, from ../shared or from a device bundle."""
+    if bundle is None:
+        from splits import load_split
+
+        adata, labels, train, test = load_split(dataset, split_file, fold)
+        return adata, None, labels, train, test
+    from scipy import sparse
+
+    data = np.load(Path(bundle) / "data" / f"{dataset}.npz", allow_pickle=False)
+    indptr = data["indptr"].astype(np.int64)
+    # Gene positions are delta-coded within each row (a row's first step is its first position).
+    running = np.cumsum(data["index_steps"].astype(np.int64))
+    indices = running - np.repeat(np.concatenate([[0], running])[indptr[:-1]], np.diff(indptr))
+    matrix = sparse.csr_matrix((data["values"].astype(np.float32), indices, indptr),
+                               shape=(len(data["labels"]), len(data["gene_names"])))
+    return matrix, list(data["gene_names"]), data["labels"].astype(str), data[f"{split}.train"], data[f"{split}.test"]
+
+
+def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
+    from transformers import set_seed
+
+    from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
+
+    started = time.perf_counter()
+    expression, gene_names, labels, train, test = load_cells(job["dataset"], job["split"], job.get("split_file"),
+                                                             job.get("fold"), bundle)
+    changes = {**parse_option(job["option"]), **(overrides or {})}
+    recipe_names = {f.name for f in fields(Recipe)}
+    recipe = replace(Recipe(), **{k: v for k, v in changes.items() if k in recipe_names})
+    if bundle is not None and recipe.soft_token_rms == "auto":
+        # The bundle's backbone carries only the instruction's token embeddings: `auto` as computed on the full table.
+        recipe = replace(recipe, soft_token_rms=json.loads((Path(bundle) / "bundle.json").read_text())["soft_token_rms"])
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = ScInterpreterTrainingArguments(
+            output_dir=output_dir, seed=job["seed"], disable_tqdm=True, logging_strategy="epoch",
+            use_cpu=device == "cpu", **{k: v for k, v in changes.items() if k not in recipe_names},
+        )
+        set_seed(job["seed"])
+        take = (lambda cells, positions: cells[positions])
+        train_labels = labels[train]
+        keep = test[np.isin(labels[test], np.unique(train_labels))]  # test types never trained on can't be named
+        result = fit(take(expression, train), train_labels, recipe, args, gene_names=gene_names,
+                     monitor_sets={"test": (take(expression, keep), labels[keep])})
+        inputs = result.processor(take(expression, keep), gene_names=gene_names, return_tensors="pt")
+        predicted = predict(result.model, inputs, args.per_device_eval_batch_size)
+        references = np.array([result.label2id[label] for label in labels[keep]])
+        from sklearn.metrics import accuracy_score, f1_score  # what `evaluate` computes, without needing it
+
+        metrics = {"accuracy": round(accuracy_score(references, predicted), 4),
+                   "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+    epochs = [{key.removeprefix("eval_"): round(value, 4) if isinstance(value, float) else value
+               for key, value in entry.items() if key.startswith(("eval_validation_", "eval_test_", "epoch", "loss"))
+               and not key.endswith(("runtime", "per_second"))}
+              for entry in result.history if {"eval_validation_loss", "eval_test_loss", "loss"} & set(entry)]
+    return {
+        **{k: job[k] for k in ("option", "dataset", "split", "seed")},
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
+        "train_seconds": round(result.train_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
+        "n_train": int(len(train) - len(result.validation_cells)), "n_validation": int(len(result.validation_cells)),
+        "n_test": int(len(keep)), "changes": changes, "recipe": asdict(recipe),
+        "device": str(result.model.device), "backbone_dtype": str(result.model.model.backbone_dtype),
+        "epochs": epochs,
+    }
+
+
+def predict(model, inputs, batch_size):
+    import torch
+
+    model.eval()
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs["gene_ids"]), batch_size):
+            batch = {k: v[start:start + batch_size].to(model.device) for k, v in inputs.items()}
+            predicted.append(model(**batch).logits.argmax(-1).cpu().numpy())
+    return np.concatenate(predicted)
+
+
+def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
+    import torch
+
+    torch.set_num_threads(threads)
+    import logging
+
+    logging.disable(logging.WARNING)
+    while True:
+        with lock:
+            if not jobs or (deadline and time.time() > deadline):
+                return
+            job = jobs.pop(0)
+        try:
+            record = run_job(job, bundle, device, overrides)
+        except Exception as error:  # one failed job must not stop the screen
+            record = {**{k: job[k] for k in ("option", "dataset", "split", "seed")}, "error": repr(error)[:500]}
+        record["host"] = platform.node()
+        with lock:
+            with open(out, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        print(json.dumps({k: record.get(k) for k in ("option", "dataset", "split", "seed", "accuracy", "macro_f1",
+                                                     "best_epoch", "seconds", "error")}), flush=True)
+
+
+def make_jobs(options, split_names, seeds, skip_done=None):
+    from splits import splits
+
+    done = set()
+    if skip_done and Path(skip_done).exists():
+        for line in Path(skip_done).read_text().splitlines():
+            record = json.loads(line)
+            if "error" not in record:
+                done.add((record["option"], record["dataset"], record["split"], record["seed"]))
+    jobs = []
+    for seed in seeds:  # every option and split once before any is repeated with another seed
+        for option in options:
+            for dataset, split, split_file, fold in splits(split_names):
+                if (option, dataset, split, seed) not in done:
+                    jobs.append({"option": option, "dataset": dataset, "split": split, "split_file": str(split_file),
+                                 "fold": fold, "seed": seed})
+    return jobs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--options", nargs="+", default=["default"], help=f"from {sorted(OPTIONS)}, or joined by +")
+    parser.add_argument("--splits", nargs="*", help="datasets or split names (default: all 10)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", required=True, help="JSONL file the records are appended to (finished runs skipped)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--bundle", default=None, help="a folder from benchmarks/pack_device_bundle.py")
+    parser.add_argument("--device", default=None, help="cpu, or leave out for the GPU when there is one")
+    parser.add_argument("--deadline", type=float, default=0, help="start no run after this many seconds")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override a field in every run (JSON values), e.g. num_train_epochs=1 for a smoke test")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    for option in args.options:
+        parse_option(option)
+    jobs = make_jobs(args.options, args.splits, args.seeds, skip_done=args.out)
+    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.deadline if args.deadline else 0
+    if args.workers == 1:
+        _worker(jobs, args.out, multiprocessing.Lock(), args.bundle, args.device, os.cpu_count() or 1, deadline,
+                overrides)
+        return
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    shared_jobs, lock = manager.list(jobs), manager.Lock()
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    workers = [context.Process(target=_worker, args=(shared_jobs, args.out, lock, args.bundle, args.device, threads,
+                                                     deadline, overrides)) for _ in range(args.workers)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Training scInterpreter: `Recipe`, the one place that holds the defaults, and `fit`, the one training path that
+`train.py`, the benchmarks and the tests all call.
+
+    from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
+
+    result = fit(adata[train], labels[train], Recipe(), ScInterpreterTrainingArguments(output_dir="runs/x"))
+    result.model, result.processor          # the trained model (best validation epoch) and the fitted processor
+"""
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+from transformers import TrainingArguments
+
+from .backbone import DEFAULT_BACKBONE
+from .build import build_model
+from .data import CellDataset
+from .genes import build_gene_table, load_gene_descriptions
+
+logger = logging.getLogger(__name__)
+
+VALIDATION = "validation"
+
+
+@dataclass
+class Recipe:
+    """What scInterpreter trains and how, beyond `TrainingArguments`: the defaults measured in docs/experiments.md."""
+
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "Llama-architecture checkpoint: Hub id or path."})
+    num_backbone_layers: int | None = field(
+        default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
+    )
+    backbone_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype of the frozen backbone: auto (bfloat16 where the device runs it natively, else "
+                          "float32), float32 or bfloat16. $SCINTERPRETER_BACKBONE_DTYPE overrides auto."},
+    )
+    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
+    gene_selection: str = field(
+        default="excess",
+        metadata={"help": "How each cell's genes are chosen: excess (expression minus the gene's mean over the "
+                          "training cells, a reference the processor fits) or expression (the paper's rule)."},
+    )
+    token_value: str = field(
+        default="expression",
+        metadata={"help": "What weighs each gene's soft token: expression (log-normalised) or excess."},
+    )
+    exclude_genes: str | None = field(
+        default=None,
+        metadata={"help": "Genes never chosen as a cell's top genes: ribosomal_mitochondrial (RPS/RPL/MT- genes) or "
+                          "a regular expression on gene symbols. They still count in the library size."},
+    )
+    gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
+    gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
+    center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
+    head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
+    head_norm: bool = field(default=False, metadata={"help": "LayerNorm the cell embedding before the head."})
+    soft_token_rms: str = field(
+        default="auto",
+        metadata={"help": "Root-mean-square of each gene soft token: auto (that of the backbone's token embeddings, "
+                          "about 0.14 for SmolLM2), a number, or none (the projector's own scale, as in the paper)."},
+    )
+    gene_offsets: bool = field(
+        default=False,
+        metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper)."},
+    )
+    lora_rank: int = field(
+        default=0, metadata={"help": "Rank of low-rank adapters on the backbone's q and v projections (0: none)."}
+    )
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update x alpha / rank)."})
+    cell_pooling: str = field(
+        default="class_token",
+        metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
+    )
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
+    class_weighting: str = field(
+        default="none",
+        metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse."},
+    )
+    class_balance: float = field(
+        default=0.5,
+        metadata={"help": "Class-balanced sampling: each cell is drawn with weight (cells of its type)^-power; 0 "
+                          "keeps the data's frequencies, 0.5 draws rare types more often, 1 draws every type equally."},
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of each cell type's training cells held out to evaluate every epoch (types with "
+                          "fewer than 1/fraction cells give none); 0 holds none out."},
+    )
+    keep_best_epoch: bool = field(
+        default=False,
+        metadata={"help": "End with the epoch of best validation `best_epoch_metric` instead of the last one (on the "
+                          "shared splits the last epoch was better: docs/experiments.md)."},
+    )
+    best_epoch_metric: str = field(
+        default="macro_f1", metadata={"help": "Validation metric that picks the epoch: macro_f1, accuracy or loss."}
+    )
+
+
+@dataclass
+class ScInterpreterTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults measured for scInterpreter (see docs/experiments.md)."""
+
+    output_dir: str = field(default="outputs/scinterpreter")
+    learning_rate: float = field(default=2e-3)
+    num_train_epochs: float = field(default=12.0)
+    per_device_train_batch_size: int = field(default=16)
+    per_device_eval_batch_size: int = field(default=64)
+    lr_scheduler_type: str = field(default="cosine")
+    warmup_steps: float = field(default=0.05)
+    weight_decay: float = field(default=0.01)
+    logging_steps: float = field(default=20)
+    save_strategy: str = field(default="no")
+    dataloader_pin_memory: bool = field(default=False)
+    seed: int = field(default=0)
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the trained model and fitted processor, and how the training went."""
+
+    model: object
+    processor: object
+    trainer: object
+    label2id: dict
+    validation_cells: np.ndarray
+    train_seconds: float
+    best_epoch: float | None = None
+    history: list = field(default_factory=list)
+
+    def validation_metrics(self) -> dict:
+        """The validation metrics of the epoch the model was kept from (empty without validation cells)."""
+        evaluations = [entry for entry in self.history if f"eval_{VALIDATION}_loss" in entry]
+        if not evaluations:
+            return {}
+        kept = [entry for entry in evaluations if entry.get("epoch") == self.best_epoch] or evaluations[-1:]
+        prefix = f"eval_{VALIDATION}_"
+        return {key[len(prefix):]: value for key, value in kept[0].items()
+                if key.startswith(prefix) and not key.endswith(("runtime", "per_second"))}
+
+
+def loss_class_weights(train_labels, classes, scheme: str):
+    """Per-class loss weights from training counts (`none`, `sqrt_inverse` or `inverse`), mean 1."""
+    if scheme == "none":
+        return None
+    if scheme not in ("sqrt_inverse", "inverse"):
+        raise ValueError(f"class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
+    counts = np.array([np.sum(train_labels == label) for label in classes], dtype=np.float64)
+    weights = 1.0 / (np.sqrt(counts) if scheme == "sqrt_inverse" else counts)
+    return (weights / weights.mean()).round(6).tolist()
+
+
+def balanced_sample_weights(label_ids: np.ndarray, power: float) -> np.ndarray | None:
+    """Per-cell sampling weights `count(type)^-power` (None for power 0: the data's own frequencies)."""
+    if power == 0:
+        return None
+    if not 0 < power <= 1:
+        raise ValueError(f"class_balance must be between 0 and 1, got {power}.")
+    counts = np.bincount(label_ids)
+    return counts[label_ids].astype(np.float64) ** -power
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int):
+    """
+    `(train, validation)` positions: `floor(fraction x n)` random cells of each type held out, so that a type with
+    fewer than `1 / fraction` cells keeps all of them for training.
+    """
+    positions = np.arange(len(labels))
+    if fraction <= 0:
+        return positions, positions[:0]
+    if fraction >= 1:
+        raise ValueError(f"validation_fraction must be below 1, got {fraction}.")
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in sorted(set(labels)):
+        members = positions[labels == label]
+        held_out.extend(rng.choice(members, size=int(fraction * len(members)), replace=False).tolist())
+    validation = np.sort(np.array(held_out, dtype=np.int64))
+    return np.setdiff1d(positions, validation), validation
+
+
+def build_model_from_recipe(recipe: Recipe, classes, class_weights=None, device="cpu"):
+    """A fresh, untrained model and unfitted processor for `classes`, as `recipe` describes them."""
+    from modeling_scinterpreter import select_backbone_dtype
+
+    descriptions = load_gene_descriptions(path=recipe.gene_descriptions) if recipe.gene_descriptions else None
+    gene_table = build_gene_table(descriptions, encoder=recipe.gene_encoder, center=recipe.center_gene_table)
+    num_layers = recipe.num_backbone_layers if (recipe.num_backbone_layers or 0) > 0 else None
+    return build_model(
+        classes,
+        backbone=recipe.backbone,
+        num_backbone_layers=num_layers,
+        gene_table=gene_table,
+        n_top_genes=recipe.n_top_genes,
+        backbone_dtype=select_backbone_dtype(device, recipe.backbone_dtype),
+        processor_kwargs={"exclude_genes": recipe.exclude_genes, "gene_selection": recipe.gene_selection,
+                          "token_value": recipe.token_value},
+        head_hidden_size=recipe.head_hidden_size,
+        head_norm=recipe.head_norm,
+        label_smoothing=recipe.label_smoothing,
+        class_weights=class_weights,
+        soft_token_rms=recipe.soft_token_rms,
+        gene_offsets=recipe.gene_offsets,
+        lora_rank=recipe.lora_rank,
+        lora_alpha=recipe.lora_alpha,
+        cell_pooling=recipe.cell_pooling,
+    )
+
+
+def annotation_scores(eval_prediction) -> dict:
+    """Accuracy and macro-F1 of a `Trainer` evaluation (the per-epoch validation metrics)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predicted, references = logits.argmax(-1), eval_prediction.label_ids
+    return {"accuracy": accuracy_score(references, predicted),
+            "macro_f1": f1_score(references, predicted, average="macro")}
+
+
+def _epoch_settings(training_args, recipe: Recipe, has_validation: bool):
+    """Training arguments for per-epoch validation and keeping the best epoch, and whether the checkpoints that
+    this needs are temporary (the caller asked for none)."""
+    changes = {}
+    if not has_validation:
+        if training_args.load_best_model_at_end or training_args.eval_strategy != "no":
+            raise ValueError("--eval_strategy / --load_best_model_at_end need validation cells: set "
+                             "--validation_fraction above 0.")
+        return training_args, False
+    if training_args.eval_strategy == "no":
+        changes["eval_strategy"] = "epoch"
+    temporary = False
+    if recipe.keep_best_epoch and not training_args.load_best_model_at_end and training_args.save_strategy == "no":
+        changes.update(save_strategy=changes.get("eval_strategy", training_args.eval_strategy),
+                       load_best_model_at_end=True, save_total_limit=1)
+        temporary = True
+    if changes.get("load_best_model_at_end") or training_args.load_best_model_at_end:
+        metric = training_args.metric_for_best_model or recipe.best_epoch_metric
+        metric = metric.removeprefix("eval_").removeprefix(f"{VALIDATION}_")
+        changes.update(metric_for_best_model=f"{VALIDATION}_{metric}", greater_is_better=metric != "loss")
+        if training_args.eval_strategy == "steps" or changes.get("eval_strategy") == "steps":
+            changes.setdefault("save_steps", training_args.eval_steps)
+    return (replace(training_args, **changes) if changes else training_args), temporary
+
+
+def fit(
+    expression,
+    labels,
+    recipe: Recipe | None = None,
+    training_args: TrainingArguments | None = None,
+    *,
+    gene_names=None,
+    layer=None,
+    classes=None,
+    callbacks=None,
+    adapter_only: bool = False,
+    monitor_sets: dict | None = None,
+) -> FitResult:
+    """
+    Trains scInterpreter on labelled cells: holds out validation cells (`recipe.validation_fraction`, per type),
+    fits the processor's reference profile on the cells, builds the model, trains it with `Trainer`, evaluates the
+    validation cells every epoch and ends with the best epoch (`recipe.keep_best_epoch`).
+
+    Args:
+        expression: the training cells, as the processor takes them (AnnData, matrix with `gene_names`, DataFrame).
+        labels: one cell type per cell.
+        recipe (`Recipe`, *optional*): what to train (default: `Recipe()`, the measured defaults).
+        training_args (`TrainingArguments`, *optional*): how (default: `ScInterpreterTrainingArguments()`).
+        classes (`list[str]`, *optional*): label order (default: the sorted cell types of `labels`).
+        monitor_sets (`dict[str, tuple]`, *optional*): more `(expression, labels)` sets to evaluate every epoch, e.g.
+            the test cells in a benchmark (read like `expression`); reported in `history`, never used for choices.
+    """
+    from .trainer import ScInterpreterTrainer
+
+    recipe = recipe or Recipe()
+    training_args = training_args or ScInterpreterTrainingArguments()
+    labels = np.asarray(labels).astype(str)
+    classes = sorted(set(labels)) if classes is None else list(classes)
+    label2id = {label: i for i, label in enumerate(classes)}
+    unknown = sorted(set(labels) - set(label2id))
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among `classes`.")
+    label_ids = np.array([label2id[label] for label in labels])
+    train, validation = validation_split(labels, recipe.validation_fraction, training_args.seed)
+    training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, len(validation) > 0)
+
+    class_weights = loss_class_weights(labels[train], classes, recipe.class_weighting)
+    model, processor = build_model_from_recipe(recipe, classes, class_weights, device=training_args.device)
+    if processor.selection == "excess" or processor.token_value == "excess":
+        processor.fit(expression, gene_names=gene_names, layer=layer)
+    encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="np", show_progress=True)
+    cells = lambda positions: CellDataset({k: v[positions] for k, v in encoded.items()}, label_ids[positions])  # noqa: E731
+    eval_sets = None
+    if len(validation):
+        eval_sets = {VALIDATION: cells(validation)}
+        for name, (monitor_expression, monitor_labels) in (monitor_sets or {}).items():
+            monitor_inputs = processor(monitor_expression, gene_names=gene_names, layer=layer, return_tensors="np")
+            eval_sets[name] = CellDataset(monitor_inputs, [label2id.get(str(label), -100) for label in monitor_labels])
+    logger.info(f"{len(train)} training and {len(validation)} validation cells, {len(classes)} cell types")
+
+    output_dir = Path(training_args.output_dir)
+    existing = set(output_dir.glob("checkpoint-*"))
+    trainer = ScInterpreterTrainer(
+        model=model, args=training_args, train_dataset=cells(train), eval_dataset=eval_sets,
+        processing_class=processor, callbacks=callbacks, adapter_only=adapter_only,
+        compute_metrics=annotation_scores if eval_sets else None,
+        train_sample_weights=balanced_sample_weights(label_ids[train], recipe.class_balance),
+    )
+    started = time.perf_counter()
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the newest checkpoint in output_dir
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
+    if temporary_checkpoints and trainer.is_world_process_zero():
+        for folder in set(output_dir.glob("checkpoint-*")) - existing:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    best_epoch = None
+    if trainer.state.best_model_checkpoint is not None:
+        best_step = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        best_epoch = next((entry["epoch"] for entry in trainer.state.log_history
+                           if entry.get("step") == best_step and "epoch" in entry), None)
+        logger.info(f"kept epoch {best_epoch} (validation {training_args.metric_for_best_model} "
+                    f"{trainer.state.best_metric:.4f})")
+    return FitResult(model=trainer.model, processor=processor, trainer=trainer, label2id=label2id,
+                     validation_cells=validation, train_seconds=train_seconds, best_epoch=best_epoch,
+                     history=list(trainer.state.log_history))
+
+
+def recipe_fields() -> list:
+    """Names of `Recipe`'s fields (e.g. to split command-line arguments)."""
+    return [f.name for f in fields(Recipe)]

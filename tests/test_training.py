@@ -1,0 +1,129 @@
+"""`scinterpreter.training`: the recipe, validation cells, class-balanced sampling and `fit`."""
+
+import numpy as np
+import pytest
+from conftest import make_tiny_backbone
+
+from scinterpreter.training import (
+    Recipe,
+    ScInterpreterTrainingArguments,
+    balanced_sample_weights,
+    fit,
+    validation_split,
+)
+
+MARKERS = {"T": ["CD3E", "CD3D"], "B": ["CD19", "MS4A1"], "beta": ["INS", "IAPP"], "rare": ["GCG", "TTR"]}
+GENES = [g for names in MARKERS.values() for g in names] + ["ACTB", "GAPDH", "B2M", "MALAT1", "FTL", "TPT1"]
+
+
+def marker_cells(counts=(30, 30, 30, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    blocks, labels = [], []
+    for (label, names), n in zip(MARKERS.items(), counts):
+        block = rng.poisson(2.0, size=(n, len(GENES)))
+        block[:, [GENES.index(g) for g in names]] += rng.poisson(30, size=(n, len(names)))
+        block[:, GENES.index("ACTB")] += 60  # a gene every cell expresses most
+        blocks.append(block)
+        labels += [label] * n
+    return np.concatenate(blocks).astype(np.float32), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return make_tiny_backbone(tmp_path_factory.mktemp("backbone"))
+
+
+def tiny_recipe(backbone, **changes):
+    return Recipe(backbone=str(backbone), num_backbone_layers=0, gene_encoder="random", n_top_genes=4,
+                  backbone_dtype="float32", **changes)
+
+
+def tiny_args(tmp_path, **changes):
+    values = dict(output_dir=str(tmp_path / "run"), num_train_epochs=8, learning_rate=3e-3,
+                  per_device_train_batch_size=8, disable_tqdm=True)
+    return ScInterpreterTrainingArguments(**{**values, **changes})
+
+
+def test_validation_split_holds_out_a_share_of_each_type_and_keeps_rare_types_whole():
+    labels = np.array(["a"] * 50 + ["b"] * 20 + ["c"] * 9)
+    train, validation = validation_split(labels, 0.1, seed=0)
+    assert sorted(labels[validation].tolist()) == ["a"] * 5 + ["b"] * 2
+    assert not set(train) & set(validation) and len(train) + len(validation) == len(labels)
+    np.testing.assert_array_equal(validation, validation_split(labels, 0.1, seed=0)[1])
+    assert len(validation_split(labels, 0.0, seed=0)[1]) == 0
+
+
+def test_balanced_sampling_weights_rare_types_up():
+    label_ids = np.array([0] * 90 + [1] * 10)
+    assert balanced_sample_weights(label_ids, 0.0) is None
+    weights = balanced_sample_weights(label_ids, 1.0)
+    assert weights[label_ids == 0].sum() == pytest.approx(weights[label_ids == 1].sum())
+    half = balanced_sample_weights(label_ids, 0.5)
+    assert half[label_ids == 1].sum() / half.sum() == pytest.approx(np.sqrt(10) / (np.sqrt(10) + np.sqrt(90)))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        balanced_sample_weights(label_ids, 2.0)
+
+
+def test_fit_trains_on_marker_genes_keeps_the_best_epoch_and_removes_its_checkpoints(tmp_path, backbone):
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone, keep_best_epoch=True), tiny_args(tmp_path), gene_names=GENES)
+    assert result.processor.is_fitted and result.processor.selection == "excess"
+    evaluations = [e for e in result.history if "eval_validation_macro_f1" in e]
+    assert [e["epoch"] for e in evaluations] == [float(epoch) for epoch in range(1, 9)]
+    best = max(e["eval_validation_macro_f1"] for e in evaluations)
+    assert result.validation_metrics()["macro_f1"] == best
+    assert result.best_epoch == next(e["epoch"] for e in evaluations if e["eval_validation_macro_f1"] == best)
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+    assert len(result.validation_cells) == 9  # 3 of each 30-cell type, none of the 4 rare cells
+    inputs = result.processor(cells, gene_names=GENES)
+    predicted = result.model.eval()(**inputs).logits.argmax(-1).numpy()
+    accuracy = np.mean(np.array(sorted(set(labels)))[predicted] == labels)
+    assert accuracy > 0.9
+
+
+def test_fit_ends_on_the_best_epoch_not_the_last(tmp_path, backbone):
+    """A callback spoils the head after the last epoch's training: the model returned is the best epoch's."""
+    import torch
+    from transformers import TrainerCallback
+
+    class SpoilLastEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if round(state.epoch) == args.num_train_epochs:
+                with torch.no_grad():
+                    model.head.out_proj.bias[0] = 1e4  # every cell is now the first type
+
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone, keep_best_epoch=True, best_epoch_metric="accuracy"),
+                 tiny_args(tmp_path), gene_names=GENES, callbacks=[SpoilLastEpoch()])
+    scores = {e["epoch"]: e["eval_validation_accuracy"] for e in result.history if "eval_validation_accuracy" in e}
+    assert result.best_epoch < 8 and scores[8.0] < scores[result.best_epoch]
+    validation = result.validation_cells
+    inputs = result.processor(cells[validation], gene_names=GENES)
+    predicted = result.model.eval()(**inputs).logits.argmax(-1).numpy()
+    kept_accuracy = np.mean(predicted == np.array([result.label2id[label] for label in labels[validation]]))
+    assert kept_accuracy == pytest.approx(scores[result.best_epoch])
+
+
+def test_by_default_validation_is_evaluated_every_epoch_and_the_last_epoch_is_kept(tmp_path, backbone):
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
+    evaluations = [e for e in result.history if "eval_validation_macro_f1" in e]
+    assert len(evaluations) == 8 and result.best_epoch is None
+    assert result.validation_metrics()["macro_f1"] == evaluations[-1]["eval_validation_macro_f1"]
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_class_balanced_sampling_draws_rare_types_more_often(tmp_path, backbone):
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone, class_balance=1.0, validation_fraction=0.0),
+                 tiny_args(tmp_path, num_train_epochs=1), gene_names=GENES)
+    sampler = result.trainer._get_train_sampler()
+    drawn = labels[np.array(list(sampler))]
+    assert (drawn == "rare").mean() > 0.15  # 4 of 94 cells, drawn about a quarter of the time
+
+
+def test_evaluation_flags_without_validation_cells_are_a_clear_error(tmp_path, backbone):
+    cells, labels = marker_cells()
+    with pytest.raises(ValueError, match="need validation cells"):
+        fit(cells, labels, tiny_recipe(backbone, validation_fraction=0.0),
+            tiny_args(tmp_path, eval_strategy="epoch"), gene_names=GENES)
