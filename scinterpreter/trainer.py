@@ -17,6 +17,28 @@ OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
 SCHEDULER_JSON = "scheduler.json"
 
 
+class ClassBalancedSampler(torch.utils.data.Sampler):
+    """
+    Draws `len(weights)` cells per epoch with replacement, in proportion to `weights`, from a generator seeded with
+    `seed + epoch`: every epoch (and every process under DDP) gets the same draw again, so a resumed run repeats the
+    interrupted epoch exactly.
+    """
+
+    def __init__(self, weights, seed: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
+
+
 def _rng_file(args, suffix):
     return f"rng_state.{suffix}" if args.world_size <= 1 else f"rng_state_{args.process_index}.{suffix}"
 
@@ -38,10 +60,7 @@ class ScInterpreterTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         if self.train_sample_weights is None:
             return super()._get_train_sampler(train_dataset)
-        # Drawn from torch's global generator, which Trainer seeds, checkpoints and restores on resume.
-        return torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(self.train_sample_weights, dtype=torch.double), len(self.train_sample_weights)
-        )
+        return ClassBalancedSampler(self.train_sample_weights, seed=self.args.seed)
 
     def _is_checkpoint(self, output_dir: Path) -> bool:
         """A Trainer checkpoint (`<output_dir>/checkpoint-<step>`), not a model folder that happens to be named so."""
