@@ -10,9 +10,9 @@ CARD_TEMPLATE = """---
 # {title}
 
 A [scInterpreter](https://arxiv.org/abs/2402.12405) cell-type annotator: a frozen **{backbone}** ({layers} decoder
-layers) reads each cell's {k} most expressed genes as soft tokens (text embeddings of gene descriptions, weighted by
-expression, through a trained projector) after the instruction "{instruction}", and a trained head classifies the
-class token. Only the projector, class token and head were trained ({trainable:,} parameters).
+layers) reads {k} genes of each cell as soft tokens (text embeddings of gene descriptions, weighted by expression,
+through a trained projector) after the instruction "{instruction}", and a trained head classifies the class token.
+{selection} Only the {trained_parts} were trained ({trainable:,} parameters).
 
 ## Use
 
@@ -26,7 +26,8 @@ result.adata.obs["scinterpreter"]  # labels; scores in obs["scinterpreter_score"
 
 ## Training data and split
 
-- data: `{dataset}` (label column `{label_column}`), {n_train} training and {n_test} test cells
+- data: `{dataset}` (label column `{label_column}`), {n_train} training, {n_validation} validation and {n_test} test
+  cells
 - split: {split}
 - gene names matched to the {species} vocabulary: {match}
 
@@ -81,7 +82,20 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
     split = results.get("split_file") or f"stratified {1 - results.get('test_size', 0.2):.0%}/{results.get('test_size', 0.2):.0%}"
     if results.get("split_fold"):
         split += f", test batch {results['split_fold']}"
+    if results.get("recipe", {}).get("gene_selection", "expression") == "excess":
+        selection = ("The genes are each cell's most expressed above the reference profile of the training cells "
+                     "(mean log-normalised expression per gene, saved with the processor), not simply its most "
+                     "expressed, so genes every cell expresses do not crowd out its markers.")
+    else:
+        selection = "The genes are each cell's most expressed, as in the paper."
+    trained = ["projector", "class token", "head"]
+    if config.gene_offsets:
+        trained.append("per-gene offsets")
+    if getattr(config, "lora_rank", 0):
+        trained.append(f"rank-{config.lora_rank} adapters of the backbone's attention")
     card = CARD_TEMPLATE.format(
+        selection=selection,
+        trained_parts=", ".join(trained[:-1]) + " and " + trained[-1],
         metadata=yaml.safe_dump(metadata, sort_keys=False),
         title=f"scInterpreter cell annotator: {Path(results['dataset']).stem}",
         backbone=getattr(config, "backbone_name_or_path", "Llama"),
@@ -93,6 +107,7 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         dataset=results["dataset"],
         label_column=results.get("label_column", "cell_type"),
         n_train=results["n_train_cells"],
+        n_validation=results.get("n_validation_cells", 0),
         n_test=results["n_test_cells"],
         split=split,
         species=config.species,

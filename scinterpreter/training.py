@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainingArguments
 
+from processing_scinterpreter import ScInterpreterInputError
+
 from .backbone import DEFAULT_BACKBONE
 from .build import build_model
 from .data import CellDataset
@@ -279,11 +281,18 @@ def fit(
     recipe = recipe or Recipe()
     training_args = training_args or ScInterpreterTrainingArguments()
     labels = np.asarray(labels).astype(str)
+    n_cells = getattr(expression, "shape", (len(labels),))[0]
+    if len(labels) != n_cells:
+        raise ScInterpreterInputError(
+            f"{len(labels)} labels were given for {n_cells} cells: pass exactly one cell type per cell (row)."
+        )
+    if len(set(labels)) < 2:
+        raise ScInterpreterInputError(f"the labels hold a single cell type ({labels[0]!r}); a classifier needs two.")
     classes = sorted(set(labels)) if classes is None else list(classes)
     label2id = {label: i for i, label in enumerate(classes)}
     unknown = sorted(set(labels) - set(label2id))
     if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among `classes`.")
+        raise ScInterpreterInputError(f"labels {unknown[:5]} are not among `classes` {classes[:10]}.")
     label_ids = np.array([label2id[label] for label in labels])
     train, validation = validation_split(labels, recipe.validation_fraction, training_args.seed)
     training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, len(validation) > 0)

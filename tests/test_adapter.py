@@ -13,13 +13,13 @@ from scinterpreter.build import build_model, save_model_folder
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 
 
-@pytest.fixture
-def built(tmp_path, monkeypatch):
+@pytest.fixture(params=[0, 4], ids=["no_lora", "lora"])
+def built(tmp_path, monkeypatch, request):
     monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))
     backbone = make_tiny_backbone(tmp_path / "backbone")
     table = build_gene_table(load_gene_descriptions().head(300), encoder="random")
     model, processor = build_model(["a", "b", "c"], backbone=str(backbone), gene_table=table, n_top_genes=8,
-                                   backbone_dtype=torch.float32)
+                                   backbone_dtype=torch.float32, lora_rank=request.param)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: every trained tensor moves away from its initial value
         for parameter in model.parameters():
@@ -42,7 +42,9 @@ def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logi
         keys = set(handle.keys())
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert keys == trained
-    assert all(name.split(".")[1] in ("projector", "class_token") or name.startswith("head.") for name in keys)
+    assert all(name.split(".")[1] in ("projector", "class_token") or name.startswith("head.")
+               or name.endswith((".lora_A", ".lora_B")) for name in keys)
+    assert any(".lora_" in name for name in keys) == bool(model.config.lora_rank)
     assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
 
     reloaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()

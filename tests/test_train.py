@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from conftest import make_marker_dataset, make_tiny_backbone, shared_file
 from transformers import AutoModel
 
@@ -62,16 +63,29 @@ def test_a_file_that_is_not_h5ad_is_a_clear_error(tmp_path):
         train.main(["--dataset", str(bogus), "--output_dir", str(tmp_path / "o")])
 
 
+def real_backbone_dtypes():
+    """The backbone's numeric paths this CPU runs at a usable speed: float32 always; bfloat16 where it is native
+    (elsewhere it is ~35x slower). CI on an AVX2-only machine runs the float32 path, on others both."""
+    from modeling_scinterpreter import select_backbone_dtype
+
+    native = select_backbone_dtype("cpu", "auto")
+    return ["float32"] if native == torch.float32 else ["float32", str(native).replace("torch.", "")]
+
+
 @pytest.mark.integration
-def test_real_smollm2_backbone_learns_baron_human_pancreas(tmp_path):
-    """Two layers of the real SmolLM2, one epoch on the real Baron split: far above the majority class (.29)."""
+@pytest.mark.parametrize("backbone_dtype", real_backbone_dtypes())
+def test_real_smollm2_backbone_learns_baron_human_pancreas(tmp_path, backbone_dtype):
+    """Two layers of the real SmolLM2, two epochs on the real Baron split: far above the majority class (.29).
+    Seeds 0-2 gave .79-.91 in float32 and .78-.80 in bfloat16 (docs/experiments.md), hence the bound .70."""
     data = shared_file("scrna", "baron_human_pancreas.h5ad")
     split = shared_file("scrna", "splits", "baron_human_pancreas.json")
     results = train.main([
         "--dataset", str(data), "--split_file", str(split), "--num_backbone_layers", "2", "--n_top_genes", "32",
-        "--num_train_epochs", "1", "--output_dir", str(tmp_path / "run"), "--annotate_test_cells", "false",
+        "--num_train_epochs", "2", "--output_dir", str(tmp_path / "run"), "--annotate_test_cells", "false",
+        "--umap", "false", "--backbone_dtype", backbone_dtype,
     ])
-    assert results["test"]["accuracy"] > 0.8
+    assert results["backbone_dtype"] == backbone_dtype
+    assert results["test"]["accuracy"] > 0.70
     assert results["n_test_cells"] == 429
 
 
@@ -100,3 +114,17 @@ def test_excluded_genes_reach_the_saved_processor(tiny_run):
     inputs = processor(cells, return_tensors="np")
     chosen = {processor.gene_vocab[i] for i in inputs["gene_ids"][inputs["gene_mask"].astype(bool)]}
     assert chosen and not chosen & {"RPL13", "RPS27"}
+
+
+def test_an_output_folder_named_like_a_checkpoint_gets_the_whole_model(tmp_path):
+    """Only Trainer's own `<output_dir>/checkpoint-<step>` folders are saved without the frozen weights."""
+    from safetensors import safe_open
+
+    data = make_marker_dataset(tmp_path / "cells.h5ad")
+    out = tmp_path / "runs" / "checkpoint-final"
+    train.main(["--dataset", str(data), "--backbone", str(make_tiny_backbone(tmp_path / "backbone")),
+                "--gene_encoder", "random", "--n_top_genes", "8", "--max_steps", "2", "--output_dir", str(out),
+                "--annotate_test_cells", "false", "--umap", "false"])
+    with safe_open(out / "model.safetensors", framework="pt") as handle:
+        assert "model.gene_embeddings" in handle.keys() and any("language_model" in k for k in handle.keys())
+    assert AutoModel.from_pretrained(out, trust_remote_code=True).config.model_type == "scinterpreter"

@@ -127,3 +127,15 @@ def test_evaluation_flags_without_validation_cells_are_a_clear_error(tmp_path, b
     with pytest.raises(ValueError, match="need validation cells"):
         fit(cells, labels, tiny_recipe(backbone, validation_fraction=0.0),
             tiny_args(tmp_path, eval_strategy="epoch"), gene_names=GENES)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["T"] * 10, "1 labels|10 labels were given for 94 cells"),
+    (["T"] * 94, "a single cell type"),
+])
+def test_bad_labels_are_a_clear_error_before_any_model_work(tmp_path, backbone, labels, message):
+    from processing_scinterpreter import ScInterpreterInputError
+
+    cells, _ = marker_cells()
+    with pytest.raises(ScInterpreterInputError, match=message):
+        fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
