@@ -59,6 +59,9 @@ class ScInterpreterConfig(PretrainedConfig):
             `"class_token"`: the cell embedding is the backbone's output at the class token (the paper).
             `"mean"`: the backbone is skipped and the cell embedding is the mean of the cell's soft tokens
             (the no-LLM ablation).
+        calibration_temperature (`float`, *optional*):
+            Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
+            logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
         adapter_only (`bool`, *optional*, defaults to `False`):
             Set by `save_pretrained(..., adapter_only=True)`: the folder holds only the trained weights, and
             `from_pretrained` loads the backbone from `backbone_name_or_path` and the gene table from
@@ -92,6 +95,7 @@ class ScInterpreterConfig(PretrainedConfig):
         lora_alpha=16.0,
         lora_target_modules=("q_proj", "v_proj"),
         cell_pooling="class_token",
+        calibration_temperature=None,
         adapter_only=False,
         **kwargs,
     ):
@@ -128,6 +132,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.lora_alpha = float(lora_alpha)
         self.lora_target_modules = list(lora_target_modules)
         self.cell_pooling = cell_pooling
+        self.calibration_temperature = calibration_temperature
         self.adapter_only = adapter_only
         super().__init__(**kwargs)
 

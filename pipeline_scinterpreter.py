@@ -17,7 +17,6 @@ except ImportError:  # imported as a top-level module rather than as Hub remote 
 logger = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
-EMBEDDING_KEY = "X_scinterpreter"
 PROGRESS_MIN_CELLS = 1024
 # From about here on, compiling the backbone (~15 s once) costs less than the ~15% it saves.
 COMPILE_MIN_CELLS = 20_000
@@ -25,12 +24,15 @@ COMPILE_MIN_CELLS = 20_000
 
 class CellAnnotations(list):
     """
-    One `{"label", "score", "top_k"}` dict per cell; `.embeddings` holds the cell embeddings (cells x hidden size)
-    and `.adata` the annotated AnnData when one was given.
+    One `{"label", "score", "top_k"}` dict per cell; `.probabilities` holds every cell's probability of every cell
+    type (cells x `.labels`, calibrated where the model carries a temperature), `.embeddings` the cell embeddings
+    (cells x hidden size) and `.adata` the annotated AnnData when one was given.
     """
 
     adata = None
     embeddings = None
+    probabilities = None
+    labels = None
 
 
 class CellAnnotationPipeline(Pipeline):
@@ -41,7 +43,8 @@ class CellAnnotationPipeline(Pipeline):
     >>> from transformers import pipeline
     >>> annotate = pipeline("cell-annotation", model="path/or/hub-id", trust_remote_code=True)
     >>> annotate(adata)                     # AnnData: also writes obs["scinterpreter"], obs["scinterpreter_score"],
-    ...                                     # obsm["X_scinterpreter"] on a copy (result.adata)
+    ...                                     # obsm["scinterpreter_probabilities"], obsm["X_scinterpreter"],
+    ...                                     # uns["scinterpreter"] on a copy (result.adata)
     >>> annotate(matrix, gene_names=genes)  # numpy / scipy.sparse, cells x genes
     >>> annotate({"CD3E": 5, "CD3D": 3})    # one cell
     ```
@@ -92,16 +95,18 @@ class CellAnnotationPipeline(Pipeline):
         return {name: tensor[:n_cells] for name, tensor in outputs.items()}
 
     def postprocess(self, model_outputs, top_k=3, threshold=0.0):
-        probabilities = model_outputs["logits"].float().softmax(-1).cpu().numpy()
+        temperature = getattr(self.model.config, "calibration_temperature", None) or 1.0
+        probabilities = (model_outputs["logits"].float() / temperature).softmax(-1).cpu().numpy()
         empty = model_outputs["gene_mask"].sum(-1).cpu().numpy() == 0
         id2label = self.model.config.id2label
         k = min(top_k, probabilities.shape[-1])
-        results = []
+        results = CellAnnotations()
         for cell_probabilities, is_empty in zip(probabilities, empty):
             best = np.argsort(-cell_probabilities, kind="stable")[:k]
             top = [{"label": id2label[int(i)], "score": float(cell_probabilities[i])} for i in best]
             label = top[0]["label"] if top[0]["score"] >= threshold and not is_empty else UNASSIGNED
             results.append({"label": label, "score": top[0]["score"], "top_k": top})
+        results.probabilities = probabilities
         return results
 
     def __call__(
@@ -129,7 +134,10 @@ class CellAnnotationPipeline(Pipeline):
             threshold (`float`, *optional*, defaults to 0.0): cells whose best probability is below it are
                 labelled `"Unassigned"`, as are cells with no expressed vocabulary gene.
             key_added (`str`, *optional*, defaults to `"scinterpreter"`): AnnData only: `obs[key_added]` (labels),
-                `obs[key_added + "_score"]` (probabilities); embeddings go to `obsm["X_scinterpreter"]`.
+                `obs[key_added + "_score"]` (probability of the label), `obsm[key_added + "_probabilities"]`
+                (cells x cell types, in the order of `uns[key_added]["labels"]`), `obsm["X_" + key_added]` (cell
+                embeddings) and `uns[key_added]` (labels, model, threshold, calibration temperature, gene match,
+                package version).
             copy (`bool`, *optional*, defaults to `True`): AnnData only: annotate a copy (returned as `.adata`)
                 rather than the input.
             overwrite (`bool`, *optional*, defaults to `False`): AnnData only: allow replacing existing columns.
@@ -139,14 +147,15 @@ class CellAnnotationPipeline(Pipeline):
                 the cells run uncompiled.
 
         Returns:
-            `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell.
+            `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell, and
+            `.probabilities` (cells x cell types, in the order of `.labels`) and `.embeddings`.
         """
         is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
         if is_anndata:
-            keys = [key_added, f"{key_added}_score"]
-            taken = [key for key in keys if key in expression.obs.columns]
-            if EMBEDDING_KEY in expression.obsm:
-                taken.append(f"obsm['{EMBEDDING_KEY}']")
+            taken = [key for key in (key_added, f"{key_added}_score") if key in expression.obs.columns]
+            taken += [f"obsm['{key}']" for key in (f"X_{key_added}", f"{key_added}_probabilities")
+                      if key in expression.obsm]
+            taken += [f"uns['{key_added}']"] if key_added in expression.uns else []
             if taken and not overwrite:
                 raise ScInterpreterInputError(
                     f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
@@ -160,15 +169,19 @@ class CellAnnotationPipeline(Pipeline):
         if compile_backbone is None:
             compile_backbone = base_model.is_backbone_compiled or n_cells >= self.compile_min_cells
         base_model.compile_backbone(compile_backbone)
-        results, embeddings = CellAnnotations(), []
+        results, embeddings, probabilities = CellAnnotations(), [], []
         with torch.inference_mode():
             for start in starts:
                 batch = {name: encoded[name][start : start + batch_size].to(self.device) for name in
                          ("gene_ids", "gene_values", "gene_mask")}
                 outputs = self._forward_batch(batch, batch_size)
-                results.extend(self.postprocess(outputs, top_k=top_k, threshold=threshold))
+                annotated = self.postprocess(outputs, top_k=top_k, threshold=threshold)
+                results.extend(annotated)
+                probabilities.append(annotated.probabilities)
                 embeddings.append(outputs["cell_embeddings"].float().cpu().numpy())
         results.embeddings = np.concatenate(embeddings)
+        results.probabilities = np.concatenate(probabilities).astype(np.float32)
+        results.labels = [self.model.config.id2label[i] for i in range(results.probabilities.shape[1])]
         n_empty = int((encoded["gene_mask"].sum(-1) == 0).sum())
         if n_empty:
             logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
@@ -177,7 +190,16 @@ class CellAnnotationPipeline(Pipeline):
             adata.obs[key_added] = [result["label"] for result in results]
             adata.obs[key_added] = adata.obs[key_added].astype("category")
             adata.obs[f"{key_added}_score"] = np.array([result["score"] for result in results], dtype=np.float32)
-            adata.obsm[EMBEDDING_KEY] = results.embeddings
+            adata.obsm[f"{key_added}_probabilities"] = results.probabilities
+            adata.obsm[f"X_{key_added}"] = results.embeddings
+            adata.uns[key_added] = {
+                "labels": results.labels,
+                "model": str(self.model.name_or_path),
+                "threshold": float(threshold),
+                "calibration_temperature": float(getattr(self.model.config, "calibration_temperature", None) or 1.0),
+                "gene_match": self.processor.match_genes(list(expression.var_names)).summary(),
+                "scinterpreter_version": getattr(self.model.config, "scinterpreter_version", None) or "unknown",
+            }
             results.adata = adata
         return results
 

@@ -22,7 +22,7 @@ from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
 from scinterpreter.model_card import write_model_card
-from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_umaps
+from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_reliability, plot_umaps
 from scinterpreter.trainer import ScInterpreterTrainer
 from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, build_model_from_recipe, fit
 from processing_scinterpreter import ScInterpreterInputError
@@ -133,6 +133,7 @@ def main(argv=None, callbacks=None):
         "n_test_cells": int(len(evaluated)),
         "test": metrics,
         "validation": {key: round(float(value), 4) for key, value in fitted.validation_metrics().items()},
+        "calibration": test_calibration(logits, references, fitted.calibration),
         "best_epoch": fitted.best_epoch,
         "per_class": per_class_report(predicted, references, classes),
         "train_seconds": round(fitted.train_seconds, 1),
@@ -155,6 +156,9 @@ def main(argv=None, callbacks=None):
     write_model_card(output_dir, results, model, training_args.hub_model_id)
     plot_confusion_matrix(references, predicted, classes, output_dir / "confusion_matrix.png",
                           title=f"scInterpreter, {Path(dataset_path).stem} test cells")
+    if fitted.calibration:
+        plot_reliability(logits, references, fitted.calibration["temperature"], output_dir / "reliability.png",
+                         title=f"{Path(dataset_path).stem} test cells")
     if script_args.umap and len(evaluated) >= 10:
         values, gene_ids = processor.normalize(adata[evaluated], layer=script_args.layer)
         gene_table = model.model.gene_embeddings.detach().cpu().numpy()
@@ -180,6 +184,18 @@ def main(argv=None, callbacks=None):
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return results
+
+
+def test_calibration(logits, references, calibration: dict) -> dict:
+    """Expected calibration error (15 bins) of the test cells before and after the validation temperature."""
+    from scinterpreter.calibration import expected_calibration_error, softmax
+
+    if not calibration:
+        return {}
+    return {**calibration,
+            "test_ece_before": round(expected_calibration_error(softmax(logits), references), 4),
+            "test_ece_after": round(expected_calibration_error(softmax(logits, calibration["temperature"]),
+                                                               references), 4)}
 
 
 def train_streaming(script_args, recipe, training_args, callbacks, started):

@@ -6,7 +6,7 @@ The output folder holds, per chunk of cells, `chunk_NNNNN.tsv` (cell, label, sco
 `chunk_NNNNN.safetensors` (cell embeddings), plus `progress.json`, rewritten atomically after each chunk. A
 rerun with the same arguments skips the chunks already written, so a killed job loses at most the chunk in flight
 and redoes no finished cell. `read_annotations(out)` gathers the results; `--write_h5ad` adds them to a copy of
-the input as `obs[key_added]`, `obs[key_added + "_score"]` and `obsm["X_scinterpreter"]`.
+the input as `obs[key_added]`, `obs[key_added + "_score"]` and `obsm["X_" + key_added]`.
 """
 
 import argparse
@@ -143,7 +143,7 @@ def main(argv=None):
         adata.obs[args.key_added] = labels
         adata.obs[args.key_added] = adata.obs[args.key_added].astype("category")
         adata.obs[f"{args.key_added}_score"] = scores
-        adata.obsm["X_scinterpreter"] = embeddings
+        adata.obsm[f"X_{args.key_added}"] = embeddings
         adata.write_h5ad(args.write_h5ad)
 
 

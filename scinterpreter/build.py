@@ -96,6 +96,7 @@ def build_model(
         label2id={label: i for i, label in enumerate(labels)},
         backbone_name_or_path=backbone,
         soft_token_rms=soft_token_rms,
+        scinterpreter_version=package_version(),
         **config_kwargs,
     )
     register_auto_classes(config)
@@ -105,6 +106,16 @@ def build_model(
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
     processor = build_processor(gene_table, n_top_genes=n_top_genes, **(processor_kwargs or {}))
     return model, processor
+
+
+def package_version() -> str:
+    """The installed scinterpreter's version, recorded in every model config it builds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scinterpreter")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_processor(gene_table: GeneTable, **processor_kwargs) -> ScInterpreterProcessor:

@@ -21,7 +21,7 @@ from transformers import pipeline
 
 annotate = pipeline("cell-annotation", model="{repo}", trust_remote_code=True)
 result = annotate(adata)          # AnnData (raw counts or log-normalised), matrix + gene_names, or one cell
-result.adata.obs["scinterpreter"]  # labels; scores in obs["scinterpreter_score"], embeddings in obsm["X_scinterpreter"]
+result.adata.obs["scinterpreter"]  # labels; obs["scinterpreter_score"], obsm["scinterpreter_probabilities"], ...
 ```
 
 ## Training data and split
@@ -36,6 +36,8 @@ result.adata.obs["scinterpreter"]  # labels; scores in obs["scinterpreter_score"
 | metric | value |
 |---|---|
 {metric_rows}
+
+{calibration}
 
 Per cell type (F1 / support):
 
@@ -93,7 +95,12 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         trained.append("per-gene offsets")
     if getattr(config, "lora_rank", 0):
         trained.append(f"rank-{config.lora_rank} adapters of the backbone's attention")
+    calibration = results.get("calibration") or {}
+    calibration_text = ("Probabilities are calibrated: temperature {temperature} fitted on the validation cells; "
+                        "expected calibration error (15 bins) on the test cells {test_ece_before:.3f} before, "
+                        "{test_ece_after:.3f} after.".format(**calibration)) if "test_ece_after" in calibration else ""
     card = CARD_TEMPLATE.format(
+        calibration=calibration_text,
         selection=selection,
         trained_parts=", ".join(trained[:-1]) + " and " + trained[-1],
         metadata=yaml.safe_dump(metadata, sort_keys=False),

@@ -34,6 +34,35 @@ def plot_confusion_matrix(references, predictions, classes, path, title="Confusi
     return ax
 
 
+def plot_reliability(logits, references, temperature, path, title="Reliability"):
+    """Reliability diagram (accuracy against confidence, 15 bins) before and after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .calibration import expected_calibration_error, reliability_bins, softmax
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for scale, name, colour in ((1.0, "raw", "tab:orange"), (temperature, f"temperature {temperature:.2f}", "tab:blue")):
+        probabilities = softmax(logits, scale)
+        bins = reliability_bins(probabilities, references)
+        ece = expected_calibration_error(probabilities, references)
+        ax.plot([b[0] for b in bins], [b[1] for b in bins], marker="o", color=colour, label=f"{name}: ECE {ece:.3f}")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return ax
+
+
 def genept_w(values, gene_ids, gene_embeddings):
     """GenePT-w cell embeddings: expression-weighted mean of the cells' gene text embeddings, L2-normalised."""
     cells = values @ gene_embeddings[gene_ids] / np.maximum(values.sum(1, keepdims=True), 1e-8)

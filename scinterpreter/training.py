@@ -101,6 +101,11 @@ class Recipe:
     best_epoch_metric: str = field(
         default="macro_f1", metadata={"help": "Validation metric that picks the epoch: macro_f1, accuracy or loss."}
     )
+    calibrate: bool = field(
+        default=True,
+        metadata={"help": "Fit a temperature on the validation cells after training, so that the pipeline's "
+                          "probabilities mean what they say (stored as config.calibration_temperature)."},
+    )
 
 
 @dataclass
@@ -133,6 +138,7 @@ class FitResult:
     train_seconds: float
     best_epoch: float | None = None
     history: list = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
 
     def validation_metrics(self) -> dict:
         """The validation metrics of the epoch the model was kept from (empty without validation cells)."""
@@ -329,6 +335,9 @@ def fit(
         for folder in set(output_dir.glob("checkpoint-*")) - existing:
             shutil.rmtree(folder, ignore_errors=True)
 
+    calibration = {}
+    if recipe.calibrate and len(validation):
+        calibration = calibrate(trainer, eval_sets[VALIDATION])
     best_epoch = None
     if trainer.state.best_model_checkpoint is not None:
         best_step = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
@@ -338,7 +347,23 @@ def fit(
                     f"{trainer.state.best_metric:.4f})")
     return FitResult(model=trainer.model, processor=processor, trainer=trainer, label2id=label2id,
                      validation_cells=validation, train_seconds=train_seconds, best_epoch=best_epoch,
-                     history=list(trainer.state.log_history))
+                     history=list(trainer.state.log_history), calibration=calibration)
+
+
+def calibrate(trainer, validation_cells) -> dict:
+    """Fits the temperature on the validation cells and stores it in the model's config."""
+    from .calibration import expected_calibration_error, fit_temperature, softmax
+
+    prediction = trainer.predict(validation_cells, metric_key_prefix="calibration")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    temperature = round(fit_temperature(logits, prediction.label_ids), 4)
+    trainer.model.config.calibration_temperature = temperature
+    result = {"temperature": temperature,
+              "validation_ece_before": round(expected_calibration_error(softmax(logits), prediction.label_ids), 4),
+              "validation_ece_after": round(expected_calibration_error(softmax(logits, temperature),
+                                                                       prediction.label_ids), 4)}
+    logger.info(f"calibration on {len(prediction.label_ids)} validation cells: {result}")
+    return result
 
 
 def recipe_fields() -> list:

@@ -117,3 +117,37 @@ def test_a_failing_compile_warns_and_runs_uncompiled(annotate, counts, monkeypat
     assert not base_model.is_backbone_compiled
     assert [r["label"] for r in results] == [r["label"] for r in expected]
     assert np.allclose(results.embeddings, expected.embeddings)
+
+
+def test_anndata_gets_the_probability_matrix_and_what_made_it(annotate, adata):
+    annotated = annotate(adata, threshold=0.2).adata
+    probabilities = annotated.obsm["scinterpreter_probabilities"]
+    record = annotated.uns["scinterpreter"]
+    assert probabilities.shape == (adata.n_obs, len(LABELS)) and record["labels"] == LABELS
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    best = np.array(record["labels"])[probabilities.argmax(1)]
+    assert (best == annotated.obs["scinterpreter"].astype(str)).all()
+    np.testing.assert_allclose(probabilities.max(1), annotated.obs["scinterpreter_score"], atol=1e-6)
+    assert record["threshold"] == 0.2 and record["calibration_temperature"] == 1.0
+    assert "matched the model's vocabulary" in record["gene_match"] and record["model"]
+
+
+def test_a_second_annotation_under_another_key_added_keeps_the_first(annotate, adata):
+    first = annotate(adata).adata
+    second = annotate(first, key_added="again").adata
+    assert {"X_scinterpreter", "scinterpreter_probabilities", "X_again", "again_probabilities"} <= set(second.obsm)
+    assert {"scinterpreter", "again"} <= set(second.uns)
+    with pytest.raises(ValueError, match="another key_added"):
+        annotate(second, key_added="again")
+
+
+def test_the_calibration_temperature_changes_scores_not_labels(saved_tiny_model, counts):
+    import json
+
+    plain = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)(counts, gene_names=GENES)
+    config = json.loads((saved_tiny_model / "config.json").read_text())
+    (saved_tiny_model / "config.json").write_text(json.dumps({**config, "calibration_temperature": 3.0}))
+    scaled = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)(counts, gene_names=GENES)
+    assert [r["label"] for r in scaled] == [r["label"] for r in plain]
+    assert all(s["score"] < p["score"] for s, p in zip(scaled, plain))  # 3 levels any peaked distribution
+    np.testing.assert_allclose(scaled.probabilities.sum(1), 1.0, atol=1e-5)

@@ -30,6 +30,11 @@ def test_train_writes_metrics_plot_and_a_loadable_model_folder(tiny_run):
     assert metrics["n_train_cells"] + metrics["n_validation_cells"] == 72 and metrics["n_validation_cells"] == 6
     assert not list(out.glob("checkpoint-*")), "the checkpoints kept for the best epoch are removed"
     assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "umap.png").stat().st_size > 0
+    assert (out / "reliability.png").stat().st_size > 0
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] > 0 and {"test_ece_before", "test_ece_after"} <= set(calibration)
+    assert AutoModel.from_pretrained(out, trust_remote_code=True).config.calibration_temperature == calibration[
+        "temperature"]
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert sorted(model.config.id2label.values()) == ["B cell", "T cell", "beta"]
 

@@ -139,3 +139,33 @@ def test_bad_labels_are_a_clear_error_before_any_model_work(tmp_path, backbone, 
     cells, _ = marker_cells()
     with pytest.raises(ScInterpreterInputError, match=message):
         fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
+
+
+def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone):
+    from scinterpreter.calibration import fit_temperature
+
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
+    temperature = result.calibration["temperature"]
+    assert temperature > 0 and result.model.config.calibration_temperature == temperature
+    validation = result.validation_cells
+    logits = result.model.eval()(**result.processor(cells[validation], gene_names=GENES)).logits.detach().numpy()
+    references = [result.label2id[label] for label in labels[validation]]
+    assert temperature == pytest.approx(fit_temperature(logits, references), rel=1e-3)
+    unscaled = fit(cells, labels, tiny_recipe(backbone, calibrate=False), tiny_args(tmp_path), gene_names=GENES)
+    assert unscaled.calibration == {} and unscaled.model.config.calibration_temperature is None
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    from scinterpreter.calibration import expected_calibration_error, fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 3000)
+    logits = rng.normal(size=(3000, 4))
+    logits[np.arange(3000), labels] += 1.0
+    overconfident = 5 * logits
+    temperature = fit_temperature(overconfident, labels)
+    assert 3 < temperature < 8
+    before = expected_calibration_error(softmax(overconfident), labels)
+    after = expected_calibration_error(softmax(overconfident, temperature), labels)
+    assert before > 0.15 and after < 0.05
