@@ -17,6 +17,10 @@ except ImportError:  # imported as a top-level module rather than as Hub remote 
 logger = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
+# The options of a call, in this order, and their defaults.
+CALL_DEFAULTS = {"gene_names": None, "layer": None, "batch_size": 64, "top_k": 3, "threshold": 0.0,
+                 "key_added": "scinterpreter", "copy": True, "overwrite": False, "show_progress": None,
+                 "compile_backbone": None}
 PROGRESS_MIN_CELLS = 1024
 # From about here on, compiling the backbone (~15 s once) costs less than the ~15% it saves.
 COMPILE_MIN_CELLS = 20_000
@@ -64,10 +68,11 @@ class CellAnnotationPipeline(Pipeline):
             self.model.set_backbone_dtype(select_backbone_dtype(self.device))
         self.model.eval()
 
-    def _sanitize_parameters(self, gene_names=None, layer=None, top_k=None, threshold=None, **kwargs):
-        preprocess = {key: value for key, value in {"gene_names": gene_names, "layer": layer}.items() if value is not None}
-        postprocess = {key: value for key, value in {"top_k": top_k, "threshold": threshold}.items() if value is not None}
-        return preprocess, {}, postprocess
+    def _sanitize_parameters(self, **kwargs):
+        # Options given to `pipeline(...)` become this pipeline's defaults; a call's own options override them.
+        options = {key: value for key, value in kwargs.items() if key in CALL_DEFAULTS and value is not None}
+        preprocess = {key: options.pop(key) for key in ("gene_names", "layer") if key in options}
+        return preprocess, {}, options
 
     def preprocess(self, expression, gene_names=None, layer=None):
         return self.processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
@@ -114,16 +119,19 @@ class CellAnnotationPipeline(Pipeline):
         expression,
         gene_names=None,
         layer=None,
-        batch_size=64,
-        top_k=3,
-        threshold=0.0,
-        key_added="scinterpreter",
-        copy=True,
-        overwrite=False,
+        batch_size=None,
+        top_k=None,
+        threshold=None,
+        key_added=None,
+        copy=None,
+        overwrite=None,
         show_progress=None,
         compile_backbone=None,
     ):
         r"""
+        Every option left out takes the value given to `pipeline("cell-annotation", ..., option=...)`, else the
+        default below.
+
         Args:
             expression: an AnnData, a numpy array or scipy.sparse matrix (cells x genes, with `gene_names`),
                 a pandas DataFrame (cells x genes), or one cell as a dict or Series (gene -> value).
@@ -150,6 +158,13 @@ class CellAnnotationPipeline(Pipeline):
             `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell, and
             `.probabilities` (cells x cell types, in the order of `.labels`) and `.embeddings`.
         """
+        given = {"gene_names": gene_names, "layer": layer, "batch_size": batch_size, "top_k": top_k,
+                 "threshold": threshold, "key_added": key_added, "copy": copy, "overwrite": overwrite,
+                 "show_progress": show_progress, "compile_backbone": compile_backbone}
+        options = {**CALL_DEFAULTS, **self._preprocess_params, **self._postprocess_params,
+                   **{key: value for key, value in given.items() if value is not None}}
+        gene_names, layer, batch_size, top_k, threshold, key_added, copy, overwrite, show_progress, compile_backbone = (
+            options[key] for key in CALL_DEFAULTS)
         is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
         if is_anndata:
             taken = [key for key in (key_added, f"{key_added}_score") if key in expression.obs.columns]

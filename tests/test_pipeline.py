@@ -151,3 +151,13 @@ def test_the_calibration_temperature_changes_scores_not_labels(saved_tiny_model,
     assert [r["label"] for r in scaled] == [r["label"] for r in plain]
     assert all(s["score"] < p["score"] for s, p in zip(scaled, plain))  # 3 levels any peaked distribution
     np.testing.assert_allclose(scaled.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_options_given_at_construction_are_the_defaults_of_every_call(saved_tiny_model, counts):
+    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, top_k=1,
+                        threshold=0.99)
+    results = annotate(counts, gene_names=GENES)
+    assert all(len(r["top_k"]) == 1 for r in results)
+    assert {r["label"] for r in results} == {"Unassigned"}  # no tiny-model probability reaches .99
+    overridden = annotate(counts, gene_names=GENES, top_k=2, threshold=0.0)
+    assert all(len(r["top_k"]) == 2 for r in overridden) and "Unassigned" not in {r["label"] for r in overridden}
