@@ -539,6 +539,47 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             loss=loss, logits=logits, cell_embeddings=outputs.cell_embeddings, hidden_states=outputs.hidden_states
         )
 
+    @torch.no_grad()
+    def gene_attributions(
+        self,
+        gene_ids: torch.LongTensor,
+        gene_values: torch.FloatTensor,
+        gene_mask: torch.Tensor | None = None,
+        target: torch.LongTensor | None = None,
+        max_batch: int = 256,
+    ) -> torch.FloatTensor:
+        r"""
+        Leave-one-gene-out attributions: how much the `target` label's logit drops when one gene's soft token is
+        removed from the cell (the genes after it move up one place, as if the cell had not expressed it).
+
+        Args:
+            gene_ids, gene_values, gene_mask: as in [`ScInterpreterModel.forward`].
+            target (`torch.LongTensor` of shape `(batch_size,)`, *optional*): label per cell (default: predicted).
+            max_batch (`int`, *optional*, defaults to 256): cells with one gene removed per forward pass.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, n_top_genes)`: the logit drop per gene, 0 at padding.
+        """
+        batch_size, n_genes = gene_ids.shape
+        if gene_mask is None:
+            gene_mask = torch.ones_like(gene_ids)
+        full = self(gene_ids, gene_values, gene_mask).logits
+        target = full.argmax(-1) if target is None else target
+        positions = torch.arange(n_genes, device=gene_ids.device)
+        # Row j of `keep` lists the positions of a cell without gene j; the freed last place becomes padding.
+        keep = (positions[None, :] + (positions[None, :] >= positions[:, None]).long()).clamp(max=n_genes - 1)
+        without = {
+            "gene_ids": gene_ids[:, keep].reshape(-1, n_genes),
+            "gene_values": gene_values[:, keep].reshape(-1, n_genes),
+            "gene_mask": (gene_mask[:, keep] * (positions < n_genes - 1).to(gene_mask.dtype)).reshape(-1, n_genes),
+        }
+        logits = torch.cat([self(**{name: tensor[start : start + max_batch] for name, tensor in without.items()}).logits
+                            for start in range(0, batch_size * n_genes, max_batch)])
+        target_logits = logits.reshape(batch_size, n_genes, -1).gather(
+            2, target[:, None, None].expand(-1, n_genes, 1)).squeeze(-1)
+        drop = full.gather(1, target[:, None]) - target_logits
+        return torch.where(gene_mask.bool(), drop, torch.zeros_like(drop)).float()
+
 
 __all__ = [
     "select_backbone_dtype",

@@ -20,7 +20,7 @@ UNASSIGNED = "Unassigned"
 # The options of a call, in this order, and their defaults.
 CALL_DEFAULTS = {"gene_names": None, "layer": None, "batch_size": 64, "top_k": 3, "threshold": 0.0,
                  "key_added": "scinterpreter", "copy": True, "overwrite": False, "show_progress": None,
-                 "compile_backbone": None}
+                 "compile_backbone": None, "explain": False}
 PROGRESS_MIN_CELLS = 1024
 # From about here on, compiling the backbone (~15 s once) costs less than the ~15% it saves.
 COMPILE_MIN_CELLS = 20_000
@@ -127,6 +127,7 @@ class CellAnnotationPipeline(Pipeline):
         overwrite=None,
         show_progress=None,
         compile_backbone=None,
+        explain=None,
     ):
         r"""
         Every option left out takes the value given to `pipeline("cell-annotation", ..., option=...)`, else the
@@ -153,6 +154,11 @@ class CellAnnotationPipeline(Pipeline):
                 `ScInterpreterModel.compile_backbone`); by default from `COMPILE_MIN_CELLS` (20,000) cells on, and
                 for every later call once compiled. Where compiling fails (no C++ compiler), a warning says so and
                 the cells run uncompiled.
+            explain (`bool` or `int`, *optional*, defaults to `False`): also give, per cell, the genes that drove its
+                label: `True` for the top 5, or how many. Each gene's attribution is the drop of the label's logit
+                when that gene's soft token is left out (`gene_attributions`; one forward pass per gene, so about
+                `n_top_genes` times the cost). Per cell as `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
+                also `obsm[key_added + "_genes"]` (a table: gene_1..gene_n, attribution_1..attribution_n).
 
         Returns:
             `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell, and
@@ -160,17 +166,22 @@ class CellAnnotationPipeline(Pipeline):
         """
         given = {"gene_names": gene_names, "layer": layer, "batch_size": batch_size, "top_k": top_k,
                  "threshold": threshold, "key_added": key_added, "copy": copy, "overwrite": overwrite,
-                 "show_progress": show_progress, "compile_backbone": compile_backbone}
+                 "show_progress": show_progress, "compile_backbone": compile_backbone, "explain": explain}
         options = {**CALL_DEFAULTS, **self._preprocess_params, **self._postprocess_params,
                    **{key: value for key, value in given.items() if value is not None}}
-        gene_names, layer, batch_size, top_k, threshold, key_added, copy, overwrite, show_progress, compile_backbone = (
-            options[key] for key in CALL_DEFAULTS)
+        (gene_names, layer, batch_size, top_k, threshold, key_added, copy, overwrite, show_progress, compile_backbone,
+         explain) = (options[key] for key in CALL_DEFAULTS)
+        n_explained = 5 if explain is True else int(explain or 0)
+        if n_explained < 0:
+            raise ScInterpreterInputError(f"explain must be True, False or a number of genes >= 0, got {explain!r}.")
         is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
         if is_anndata:
             taken = [key for key in (key_added, f"{key_added}_score") if key in expression.obs.columns]
             taken += [f"obsm['{key}']" for key in (f"X_{key_added}", f"{key_added}_probabilities")
                       if key in expression.obsm]
             taken += [f"uns['{key_added}']"] if key_added in expression.uns else []
+            if n_explained and f"{key_added}_genes" in expression.obsm:
+                taken.append(f"obsm['{key_added}_genes']")
             if taken and not overwrite:
                 raise ScInterpreterInputError(
                     f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
@@ -183,6 +194,9 @@ class CellAnnotationPipeline(Pipeline):
         base_model = self.model.base_model
         if compile_backbone is None:
             compile_backbone = base_model.is_backbone_compiled or n_cells >= self.compile_min_cells
+        if n_explained and compile_backbone:
+            logger.info("explain=True runs the backbone uncompiled (its passes change shape from cell to cell)")
+            compile_backbone = False
         base_model.compile_backbone(compile_backbone)
         results, embeddings, probabilities = CellAnnotations(), [], []
         with torch.inference_mode():
@@ -191,6 +205,8 @@ class CellAnnotationPipeline(Pipeline):
                          ("gene_ids", "gene_values", "gene_mask")}
                 outputs = self._forward_batch(batch, batch_size)
                 annotated = self.postprocess(outputs, top_k=top_k, threshold=threshold)
+                if n_explained:
+                    self._explain(annotated, batch, n_explained)
                 results.extend(annotated)
                 probabilities.append(annotated.probabilities)
                 embeddings.append(outputs["cell_embeddings"].float().cpu().numpy())
@@ -215,8 +231,27 @@ class CellAnnotationPipeline(Pipeline):
                 "gene_match": self.processor.match_genes(list(expression.var_names)).summary(),
                 "scinterpreter_version": getattr(self.model.config, "scinterpreter_version", None) or "unknown",
             }
+            if n_explained:
+                columns = {f"gene_{i + 1}": [r["genes"][i]["gene"] if i < len(r["genes"]) else "" for r in results]
+                           for i in range(n_explained)}
+                columns.update({f"attribution_{i + 1}": np.array(
+                    [r["genes"][i]["attribution"] if i < len(r["genes"]) else np.nan for r in results], np.float32)
+                    for i in range(n_explained)})
+                # The obs frame's own class (pandas) builds the table: this file imports no pandas.
+                adata.obsm[f"{key_added}_genes"] = type(adata.obs)(columns, index=adata.obs_names)
             results.adata = adata
         return results
+
+    def _explain(self, annotated, batch, n_explained):
+        """Adds each cell's `n_explained` genes of largest attribution to its result."""
+        target = torch.as_tensor(annotated.probabilities.argmax(-1), device=batch["gene_ids"].device)
+        attributions = self.model.gene_attributions(**batch, target=target).cpu().numpy()
+        gene_ids, mask = batch["gene_ids"].cpu().numpy(), batch["gene_mask"].cpu().numpy().astype(bool)
+        vocab = self.processor.gene_vocab
+        for result, cell_attributions, cell_ids, cell_mask in zip(annotated, attributions, gene_ids, mask):
+            order = [i for i in np.argsort(-cell_attributions, kind="stable") if cell_mask[i]][:n_explained]
+            result["genes"] = [{"gene": vocab[cell_ids[i]], "attribution": float(cell_attributions[i])}
+                               for i in order]
 
 
 __all__ = ["CellAnnotationPipeline", "CellAnnotations", "UNASSIGNED"]

@@ -178,3 +178,17 @@ def test_lora_adapters_stay_float32_in_a_bfloat16_backbone_and_reload(tmp_path, 
     inputs = batch(processor, counts)
     torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
     assert reloaded.model.language_model.layers[0].self_attn.q_proj.lora_B.requires_grad
+
+
+def test_gene_attributions_are_the_logit_drop_when_one_gene_is_left_out(tiny_model, processor, counts):
+    inputs = batch(processor, counts[:3])
+    inputs["gene_mask"][2, 5:] = 0  # a cell with only 5 genes
+    attributions = tiny_model.gene_attributions(**inputs)
+    assert attributions.shape == inputs["gene_ids"].shape and (attributions[2, 5:] == 0).all()
+    full = tiny_model(**inputs).logits
+    cell, gene = 1, 3
+    kept = [i for i in range(inputs["gene_ids"].shape[1]) if i != gene]
+    one = {name: tensor[cell : cell + 1, kept] for name, tensor in inputs.items()}
+    without = tiny_model(**one).logits
+    target = full[cell].argmax()
+    torch.testing.assert_close(attributions[cell, gene], full[cell, target] - without[0, target], atol=1e-5, rtol=1e-5)

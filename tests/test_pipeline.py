@@ -161,3 +161,38 @@ def test_options_given_at_construction_are_the_defaults_of_every_call(saved_tiny
     assert {r["label"] for r in results} == {"Unassigned"}  # no tiny-model probability reaches .99
     overridden = annotate(counts, gene_names=GENES, top_k=2, threshold=0.0)
     assert all(len(r["top_k"]) == 2 for r in overridden) and "Unassigned" not in {r["label"] for r in overridden}
+
+
+@pytest.mark.parametrize("kind", ["anndata", "matrix", "one cell"])
+def test_explain_names_the_genes_that_drove_each_label(annotate, adata, counts, kind):
+    inputs = {"anndata": (adata,), "matrix": (counts, GENES), "one cell": (dict(zip(GENES, counts[0])),)}[kind]
+    results = annotate(*inputs, explain=3) if kind != "matrix" else annotate(inputs[0], gene_names=GENES, explain=3)
+    for result in results:
+        genes = result["genes"]
+        assert len(genes) == 3 and all(g["gene"] in GENES for g in genes)
+        assert [g["attribution"] for g in genes] == sorted((g["attribution"] for g in genes), reverse=True)
+    if kind == "anndata":
+        table = results.adata.obsm["scinterpreter_genes"]
+        assert list(table.columns[:3]) == ["gene_1", "gene_2", "gene_3"] and list(table.index) == list(adata.obs_names)
+        assert table["gene_1"].tolist() == [r["genes"][0]["gene"] for r in results]
+
+
+def test_explain_must_be_a_non_negative_number_of_genes(annotate, counts):
+    with pytest.raises(ValueError, match="explain must be"):
+        annotate(counts, gene_names=GENES, explain=-2)
+    assert "genes" not in annotate(counts, gene_names=GENES, explain=False)[0]
+    with pytest.raises(ValueError, match="expression is empty"):
+        annotate(np.zeros((0, len(GENES))), gene_names=GENES, explain=True)
+
+
+def test_driver_genes_summarise_each_types_explanations_as_table_and_dot_plot(annotate, adata, tmp_path):
+    from scinterpreter.explain import driver_genes, plot_driver_genes
+
+    annotated = annotate(adata, explain=2).adata
+    summary = driver_genes(annotated)
+    assert set(summary["cell_type"]) == set(annotated.obs["scinterpreter"].astype(str))
+    assert summary["n_cells"].sum() == 2 * annotated.n_obs and summary["fraction"].between(0, 1).all()
+    plot_driver_genes(summary, tmp_path / "drivers.png")
+    assert (tmp_path / "drivers.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="explain=True"):
+        driver_genes(annotate(adata).adata)
