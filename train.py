@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from scinterpreter.data import CellDataset, check_label_column, read_h5ad, split
 from scinterpreter.demo_data import DEMO_DATASETS, fetch_demo_dataset
 from scinterpreter.evaluation import annotation_metrics, per_class_report
 from scinterpreter.hf_datasets import dataset_to_anndata, load_cells
+from scinterpreter.hub import push_model_folder
 from scinterpreter.model_card import write_model_card
 from scinterpreter.plots import genept_w, plot_confusion_matrix, plot_reliability, plot_umaps
 from scinterpreter.trainer import ScInterpreterTrainer
@@ -76,6 +77,9 @@ def parse_arguments(argv=None):
 
 def main(argv=None, callbacks=None):
     script_args, recipe, training_args = parse_arguments(argv)
+    # We upload the finished folder ourselves (push_model_folder): Trainer's push would replace our model card.
+    push_to = (training_args.hub_model_id or Path(training_args.output_dir).name) if training_args.push_to_hub else None
+    training_args = replace(training_args, push_to_hub=False)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -83,7 +87,7 @@ def main(argv=None, callbacks=None):
     if training_args.ddp_find_unused_parameters is None and recipe.cell_pooling == "class_token":
         training_args.ddp_find_unused_parameters = False  # every trained parameter is used: skip DDP's extra pass
     if script_args.streaming:
-        return train_streaming(script_args, recipe, training_args, callbacks, started)
+        return train_streaming(script_args, recipe, training_args, callbacks, started, push_to)
 
     dataset_path, label_column = script_args.dataset, script_args.label_column or "cell_type"
     if script_args.dataset in DEMO_DATASETS:
@@ -181,8 +185,9 @@ def main(argv=None, callbacks=None):
     print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
           f"(macro precision {metrics['macro_precision']:.4f}, macro recall {metrics['macro_recall']:.4f}); "
           f"training {fitted.train_seconds / 60:.1f} min; model and metrics.json in {output_dir}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push_to:
+        results["pushed_to"] = push_model_folder(output_dir, push_to, token=training_args.hub_token,
+                                                 private=training_args.hub_private_repo)
     return results
 
 
@@ -198,7 +203,7 @@ def test_calibration(logits, references, calibration: dict) -> dict:
                                                                references), 4)}
 
 
-def train_streaming(script_args, recipe, training_args, callbacks, started):
+def train_streaming(script_args, recipe, training_args, callbacks, started, push_to=None):
     """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
     import math
 
@@ -259,8 +264,9 @@ def train_streaming(script_args, recipe, training_args, callbacks, started):
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         print(f"test accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f} "
               f"({len(references)} streamed test cells); training {train_seconds / 60:.1f} min")
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push_to and trainer.is_world_process_zero():
+        results["pushed_to"] = push_model_folder(output_dir, push_to, token=training_args.hub_token,
+                                                 private=training_args.hub_private_repo)
     return results
 
 

@@ -133,3 +133,35 @@ def test_an_output_folder_named_like_a_checkpoint_gets_the_whole_model(tmp_path)
     with safe_open(out / "model.safetensors", framework="pt") as handle:
         assert "model.gene_embeddings" in handle.keys() and any("language_model" in k for k in handle.keys())
     assert AutoModel.from_pretrained(out, trust_remote_code=True).config.model_type == "scinterpreter"
+
+
+def test_push_to_hub_uploads_our_model_card_weights_config_and_code(tmp_path, monkeypatch):
+    """The upload is recorded, not sent: what would reach the Hub is the finished folder with our card."""
+    import huggingface_hub
+    import yaml
+
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        from pathlib import Path
+
+        folder = Path(folder_path)
+        uploads.append({"repo_id": repo_id, "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
+                        "card": (folder / "README.md").read_text(), "ignore": kwargs.get("ignore_patterns")})
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    data = make_marker_dataset(tmp_path / "cells.h5ad")
+    results = train.main(["--dataset", str(data), "--backbone", str(make_tiny_backbone(tmp_path / "backbone")),
+                          "--gene_encoder", "random", "--n_top_genes", "8", "--max_steps", "2", "--output_dir",
+                          str(tmp_path / "run"), "--annotate_test_cells", "false", "--umap", "false",
+                          "--push_to_hub", "true", "--hub_model_id", "me/tiny-annotator"])
+    assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/tiny-annotator" == results["pushed_to"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_scinterpreter.py",
+            "processing_scinterpreter.py", "pipeline_scinterpreter.py", "README.md"} <= set(uploads[0]["files"])
+    header = yaml.safe_load(uploads[0]["card"].split("---\n")[1])
+    metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == results["test"] and "checkpoint-*" in uploads[0]["ignore"]
