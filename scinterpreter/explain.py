@@ -1,10 +1,10 @@
 """What drove the labels: per cell type, the genes that most often decided its cells' calls (from the pipeline's
 `explain=True`), as a table and a dot plot."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
+
+from .plots import save_figure
 
 
 def driver_genes(adata, key_added: str = "scinterpreter") -> pd.DataFrame:
@@ -53,8 +53,4 @@ def plot_driver_genes(summary: pd.DataFrame, path, genes_per_type: int = 3, titl
     ax.set_ylim(-0.5, len(types) - 0.5)
     ax.set_title(title)
     fig.colorbar(points, ax=ax, fraction=0.046, label="mean attribution (logit drop)")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return ax
+    return save_figure(fig, ax, path)

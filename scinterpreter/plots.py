@@ -5,6 +5,17 @@ from pathlib import Path
 import numpy as np
 
 
+def save_figure(fig, ax, path):
+    """Writes `fig` as a PNG at `path` (folders made as needed), closes it and returns `ax`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return ax
+
+
 def plot_confusion_matrix(references, predictions, classes, path, title="Confusion matrix"):
     """Row-normalised confusion matrix (rows: reference cell types) with cell counts; returns the axes."""
     import matplotlib
@@ -27,11 +38,7 @@ def plot_confusion_matrix(references, predictions, classes, path, title="Confusi
     ax.set_ylabel("reference")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of reference cells")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return ax
+    return save_figure(fig, ax, path)
 
 
 def plot_reliability(logits, references, temperature, path, title="Reliability"):
@@ -56,11 +63,7 @@ def plot_reliability(logits, references, temperature, path, title="Reliability")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return ax
+    return save_figure(fig, ax, path)
 
 
 def genept_w(values, gene_ids, gene_embeddings):
@@ -102,7 +105,4 @@ def plot_umaps(embeddings: dict, labels, path, title="Test cells", seed=0):
         ax.set_yticks([])
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, axes, path)
