@@ -156,7 +156,7 @@ def loss_class_weights(train_labels, classes, scheme: str):
     if scheme == "none":
         return None
     if scheme not in ("sqrt_inverse", "inverse"):
-        raise ValueError(f"class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
+        raise ScInterpreterInputError(f"class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
     counts = np.array([np.sum(train_labels == label) for label in classes], dtype=np.float64)
     weights = 1.0 / (np.sqrt(counts) if scheme == "sqrt_inverse" else counts)
     return (weights / weights.mean()).round(6).tolist()
@@ -167,7 +167,7 @@ def balanced_sample_weights(label_ids: np.ndarray, power: float) -> np.ndarray |
     if power == 0:
         return None
     if not 0 < power <= 1:
-        raise ValueError(f"class_balance must be between 0 and 1, got {power}.")
+        raise ScInterpreterInputError(f"class_balance must be between 0 and 1, got {power}.")
     counts = np.bincount(label_ids)
     return counts[label_ids].astype(np.float64) ** -power
 
@@ -181,7 +181,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int):
     if fraction <= 0:
         return positions, positions[:0]
     if fraction >= 1:
-        raise ValueError(f"validation_fraction must be below 1, got {fraction}.")
+        raise ScInterpreterInputError(f"validation_fraction must be below 1, got {fraction}.")
     rng = np.random.default_rng(seed)
     held_out = []
     for label in sorted(set(labels)):
@@ -236,8 +236,8 @@ def _epoch_settings(training_args, recipe: Recipe, has_validation: bool):
     changes = {}
     if not has_validation:
         if training_args.load_best_model_at_end or training_args.eval_strategy != "no":
-            raise ValueError("--eval_strategy / --load_best_model_at_end need validation cells: set "
-                             "--validation_fraction above 0.")
+            raise ScInterpreterInputError("--eval_strategy / --load_best_model_at_end need validation cells: set "
+                                          "--validation_fraction above 0.")
         return training_args, False
     if training_args.eval_strategy == "no":
         changes["eval_strategy"] = "epoch"
@@ -270,8 +270,10 @@ def fit(
 ) -> FitResult:
     """
     Trains scInterpreter on labelled cells: holds out validation cells (`recipe.validation_fraction`, per type),
-    fits the processor's reference profile on the cells, builds the model, trains it with `Trainer`, evaluates the
-    validation cells every epoch and ends with the best epoch (`recipe.keep_best_epoch`).
+    fits the processor's reference profile on all the given cells (it uses no labels), builds the model, trains it
+    with `Trainer` (rare types drawn more often: `recipe.class_balance`), evaluates the validation cells every
+    epoch, ends with the last epoch (or the best one: `recipe.keep_best_epoch`) and fits the calibration
+    temperature on the validation cells (`recipe.calibrate`).
 
     Args:
         expression: the training cells, as the processor takes them (AnnData, matrix with `gene_names`, DataFrame).
