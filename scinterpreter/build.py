@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from configuration_scinterpreter import DEFAULT_INSTRUCTION, ScInterpreterConfig
-from modeling_scinterpreter import ScInterpreterForCellAnnotation, select_backbone_dtype
+from modeling_scinterpreter import ScInterpreterForCellAnnotation, backbone_fingerprint, select_backbone_dtype
 from processing_scinterpreter import ScInterpreterProcessor
 
 from .backbone import DEFAULT_BACKBONE, load_backbone
@@ -97,6 +97,7 @@ def build_model(
         backbone_name_or_path=backbone,
         soft_token_rms=soft_token_rms,
         scinterpreter_version=package_version(),
+        backbone_fingerprint=backbone_fingerprint(language_model.state_dict()),
         **config_kwargs,
     )
     register_auto_classes(config)

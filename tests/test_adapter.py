@@ -1,5 +1,7 @@
 """Adapter-only model folders: only the trained weights are written; the backbone and gene table load again."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import make_marker_dataset, make_tiny_backbone
@@ -73,3 +75,22 @@ def test_train_adapter_only_run_annotates_with_the_reloaded_folder(tmp_path, mon
     ])
     assert (tmp_path / "run" / "model.safetensors").stat().st_size < 10 * 2**20
     assert results["pipeline_test_accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
+
+
+def test_adapter_warns_when_given_other_backbone_weights_than_it_was_trained_on(built):
+    from safetensors.torch import load_file, save_file
+
+    model, processor, tmp_path = built
+    assert model.config.backbone_fingerprint
+    folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert not [w for w in caught if "trained on" in str(w.message)]  # the right backbone loads without one
+    weights_file = tmp_path / "backbone" / "model.safetensors"
+    weights = load_file(weights_file)
+    name = next(key for key in weights if key.endswith("q_proj.weight"))
+    weights[name] = weights[name] + 0.01  # e.g. the original SmolLM2 instead of the dequantised GGUF weights
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="not the one this adapter was trained on"):
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
