@@ -20,10 +20,12 @@ UNASSIGNED = "Unassigned"
 # The options of a call, in this order, and their defaults.
 CALL_DEFAULTS = {"gene_names": None, "layer": None, "batch_size": 64, "top_k": 3, "threshold": 0.0,
                  "key_added": "scinterpreter", "copy": True, "overwrite": False, "show_progress": None,
-                 "compile_backbone": None, "explain": False}
+                 "compile_backbone": None, "explain": False, "majority_voting": False, "over_clustering": None}
 PROGRESS_MIN_CELLS = 1024
 # From about here on, compiling the backbone (~15 s once) costs less than the ~15% it saves.
 COMPILE_MIN_CELLS = 20_000
+# Leiden resolution of the over-clustering by number of cells, as CellTypist chooses it: (up to n cells, resolution).
+OVER_CLUSTERING_RESOLUTIONS = ((5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25))
 
 
 class CellAnnotations(list):
@@ -128,6 +130,8 @@ class CellAnnotationPipeline(Pipeline):
         show_progress=None,
         compile_backbone=None,
         explain=None,
+        majority_voting=None,
+        over_clustering=None,
     ):
         r"""
         Every option left out takes the value given to `pipeline("cell-annotation", ..., option=...)`, else the
@@ -159,6 +163,14 @@ class CellAnnotationPipeline(Pipeline):
                 when that gene's soft token is left out (`gene_attributions`; one forward pass per gene, so about
                 `n_top_genes` times the cost). Per cell as `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
                 also `obsm[key_added + "_genes"]` (a table: gene_1..gene_n, attribution_1..attribution_n).
+            majority_voting (`bool`, *optional*, defaults to `False`): also give each cell the most frequent label
+                of its cluster in an over-clustering of the cells (as CellTypist does): per cell as
+                `"majority_voting"`, for an AnnData in `obs[key_added + "_majority_voting"]`, with the clusters in
+                `obs[key_added + "_over_clustering"]`.
+            over_clustering (`str` or array, *optional*): the clusters to vote in: an `obs` column of the AnnData or
+                one cluster id per cell. By default scanpy's Leiden on a 15-neighbour graph of the cell embeddings,
+                at a resolution that grows with the number of cells (5 below 5,000 cells, up to 30); this needs
+                `scanpy` and `igraph`.
 
         Returns:
             `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell, and
@@ -166,11 +178,12 @@ class CellAnnotationPipeline(Pipeline):
         """
         given = {"gene_names": gene_names, "layer": layer, "batch_size": batch_size, "top_k": top_k,
                  "threshold": threshold, "key_added": key_added, "copy": copy, "overwrite": overwrite,
-                 "show_progress": show_progress, "compile_backbone": compile_backbone, "explain": explain}
+                 "show_progress": show_progress, "compile_backbone": compile_backbone, "explain": explain,
+                 "majority_voting": majority_voting, "over_clustering": over_clustering}
         options = {**CALL_DEFAULTS, **self._preprocess_params, **self._postprocess_params,
                    **{key: value for key, value in given.items() if value is not None}}
         (gene_names, layer, batch_size, top_k, threshold, key_added, copy, overwrite, show_progress, compile_backbone,
-         explain) = (options[key] for key in CALL_DEFAULTS)
+         explain, majority_voting, over_clustering) = (options[key] for key in CALL_DEFAULTS)
         n_explained = 5 if explain is True else int(explain or 0)
         if n_explained < 0:
             raise ScInterpreterInputError(f"explain must be True, False or a number of genes >= 0, got {explain!r}.")
@@ -182,12 +195,17 @@ class CellAnnotationPipeline(Pipeline):
             taken += [f"uns['{key_added}']"] if key_added in expression.uns else []
             if n_explained and f"{key_added}_genes" in expression.obsm:
                 taken.append(f"obsm['{key_added}_genes']")
+            if majority_voting:
+                taken += [key for key in (f"{key_added}_majority_voting", f"{key_added}_over_clustering")
+                          if key in expression.obs.columns]
             if taken and not overwrite:
                 raise ScInterpreterInputError(
                     f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
                 )
         encoded = self.processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
         n_cells = encoded["gene_ids"].shape[0]
+        if majority_voting and over_clustering is not None:
+            over_clustering = self._given_clusters(expression, over_clustering, n_cells, is_anndata)
         starts = range(0, n_cells, batch_size)
         if show_progress or (show_progress is None and n_cells >= PROGRESS_MIN_CELLS):
             starts = tqdm(starts, desc="Annotating cells", unit="batch", total=len(starts))
@@ -213,6 +231,14 @@ class CellAnnotationPipeline(Pipeline):
         results.embeddings = np.concatenate(embeddings)
         results.probabilities = np.concatenate(probabilities).astype(np.float32)
         results.labels = [self.model.config.id2label[i] for i in range(results.probabilities.shape[1])]
+        if majority_voting:
+            clustering = "given"
+            if over_clustering is None:
+                over_clustering, resolution = over_cluster(results.embeddings)
+                clustering = f"leiden on the cell embeddings, resolution {resolution}"
+            voted = majority_vote([result["label"] for result in results], over_clustering)
+            for result, label in zip(results, voted):
+                result["majority_voting"] = label
         n_empty = int((encoded["gene_mask"].sum(-1) == 0).sum())
         if n_empty:
             logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
@@ -231,6 +257,12 @@ class CellAnnotationPipeline(Pipeline):
                 "gene_match": self.processor.match_genes(list(expression.var_names)).summary(),
                 "scinterpreter_version": getattr(self.model.config, "scinterpreter_version", None) or "unknown",
             }
+            if majority_voting:
+                adata.obs[f"{key_added}_over_clustering"] = np.asarray(over_clustering).astype(str)
+                adata.obs[f"{key_added}_over_clustering"] = adata.obs[f"{key_added}_over_clustering"].astype("category")
+                adata.obs[f"{key_added}_majority_voting"] = [result["majority_voting"] for result in results]
+                adata.obs[f"{key_added}_majority_voting"] = adata.obs[f"{key_added}_majority_voting"].astype("category")
+                adata.uns[key_added]["over_clustering"] = clustering
             if n_explained:
                 columns = {f"gene_{i + 1}": [r["genes"][i]["gene"] if i < len(r["genes"]) else "" for r in results]
                            for i in range(n_explained)}
@@ -241,6 +273,24 @@ class CellAnnotationPipeline(Pipeline):
                 adata.obsm[f"{key_added}_genes"] = type(adata.obs)(columns, index=adata.obs_names)
             results.adata = adata
         return results
+
+    @staticmethod
+    def _given_clusters(expression, over_clustering, n_cells, is_anndata):
+        """The user's clusters, one per cell, from an `obs` column name or an array."""
+        if isinstance(over_clustering, str):
+            if not is_anndata or over_clustering not in expression.obs.columns:
+                columns = list(expression.obs.columns) if is_anndata else "no obs: the input is not an AnnData"
+                raise ScInterpreterInputError(
+                    f"over_clustering={over_clustering!r} is not an obs column (columns: {columns}); pass one of them, "
+                    "one cluster id per cell, or None to cluster the cell embeddings."
+                )
+            over_clustering = expression.obs[over_clustering]
+        clusters = np.asarray(over_clustering)
+        if clusters.ndim != 1 or len(clusters) != n_cells:
+            raise ScInterpreterInputError(
+                f"over_clustering holds {clusters.shape} values for {n_cells} cells: give one cluster id per cell."
+            )
+        return clusters
 
     def _explain(self, annotated, batch, n_explained):
         """Adds each cell's `n_explained` genes of largest attribution to its result."""
@@ -254,4 +304,36 @@ class CellAnnotationPipeline(Pipeline):
                                for i in order]
 
 
-__all__ = ["CellAnnotationPipeline", "CellAnnotations", "UNASSIGNED"]
+def majority_vote(labels, clusters):
+    """Each cell's cluster's most frequent label (ties: the label met first in the cluster)."""
+    labels, clusters = np.asarray(labels, dtype=object), np.asarray(clusters)
+    voted = np.empty(len(labels), dtype=object)
+    for cluster in np.unique(clusters):
+        members = clusters == cluster
+        names, first, counts = np.unique(labels[members], return_index=True, return_counts=True)
+        voted[members] = names[np.lexsort((first, -counts))[0]]
+    return voted.tolist()
+
+
+def over_cluster(embeddings, seed=0):
+    """Leiden clusters of the cells on a neighbour graph of `embeddings`, and the resolution used."""
+    n_cells = len(embeddings)
+    resolution = next((value for limit, value in OVER_CLUSTERING_RESOLUTIONS if n_cells < limit), 30)
+    if n_cells < 3:
+        return np.arange(n_cells).astype(str), resolution
+    try:
+        import anndata
+        import scanpy
+    except ImportError as error:
+        raise ScInterpreterInputError(
+            f"majority_voting clusters the cells with scanpy's Leiden ({error}): pip install scanpy igraph, or pass "
+            "over_clustering (an obs column or one cluster id per cell)."
+        ) from None
+    graph = anndata.AnnData(np.asarray(embeddings, dtype=np.float32))
+    scanpy.pp.neighbors(graph, n_neighbors=min(15, n_cells - 1), use_rep="X", random_state=seed)
+    scanpy.tl.leiden(graph, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
+                     random_state=seed)
+    return graph.obs["leiden"].to_numpy().astype(str), resolution
+
+
+__all__ = ["CellAnnotationPipeline", "CellAnnotations", "UNASSIGNED", "majority_vote", "over_cluster"]

@@ -3,10 +3,12 @@
     python -m scinterpreter.annotate cells.h5ad --model outputs/scinterpreter --out cells_annotated/
 
 The output folder holds, per chunk of cells, `chunk_NNNNN.tsv` (cell, label, score) and
-`chunk_NNNNN.safetensors` (cell embeddings), plus `progress.json`, rewritten atomically after each chunk. A
-rerun with the same arguments skips the chunks already written, so a killed job loses at most the chunk in flight
-and redoes no finished cell. `read_annotations(out)` gathers the results; `--write_h5ad` adds them to a copy of
-the input as `obs[key_added]`, `obs[key_added + "_score"]` and `obsm["X_" + key_added]`.
+`chunk_NNNNN.safetensors` (cell embeddings and every cell type's probability), plus `progress.json` (with the
+cell types' order), rewritten atomically after each chunk. A rerun with the same arguments skips the chunks already
+written, so a killed job loses at most the chunk in flight and redoes no finished cell. `read_annotations(out)` and
+`read_probabilities(out)` gather the results; `--write_h5ad` adds them to a copy of the input as the pipeline does:
+`obs[key_added]`, `obs[key_added + "_score"]`, `obsm[key_added + "_probabilities"]`, `obsm["X_" + key_added]` and
+`uns[key_added]` (labels, model, threshold, calibration temperature, scinterpreter version).
 """
 
 import argparse
@@ -24,6 +26,8 @@ from transformers.utils.logging import tqdm
 logger = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
+# Bumped when a chunk's contents change, so that a folder written by an older version is not resumed.
+CHUNK_FORMAT = 2
 
 
 def _atomic_write(path: Path, text: str):
@@ -60,7 +64,12 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     n_cells = adata.n_obs
     n_chunks = (n_cells + chunk_size - 1) // chunk_size
     progress_file = out / PROGRESS
-    settings = {"source": str(Path(path).resolve()), "n_cells": n_cells, "chunk_size": chunk_size}
+    config = annotate.model.config
+    settings = {"source": str(Path(path).resolve()), "n_cells": n_cells, "chunk_size": chunk_size,
+                "format": CHUNK_FORMAT, "labels": [config.id2label[i] for i in range(len(config.id2label))],
+                "model": str(getattr(annotate.model, "name_or_path", model)), "threshold": float(threshold),
+                "calibration_temperature": float(getattr(config, "calibration_temperature", None) or 1.0),
+                "scinterpreter_version": getattr(config, "scinterpreter_version", None) or "unknown"}
     done = 0
     if progress_file.is_file():
         progress = json.loads(progress_file.read_text())
@@ -90,7 +99,8 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         names = adata.obs_names[start:stop]
         lines = [f"{cell}\t{r['label']}\t{r['score']:.6f}" for cell, r in zip(names, results)]
         (out / f"chunk_{chunk:05d}.tsv").write_text("cell\tlabel\tscore\n" + "\n".join(lines) + "\n")
-        save_file({"cell_embeddings": np.ascontiguousarray(results.embeddings)}, out / f"chunk_{chunk:05d}.safetensors")
+        save_file({"cell_embeddings": np.ascontiguousarray(results.embeddings),
+                   "probabilities": np.ascontiguousarray(results.probabilities)}, out / f"chunk_{chunk:05d}.safetensors")
         _atomic_write(progress_file, json.dumps({**settings, "chunks_done": chunk + 1}))
         annotated += stop - start
         bar.update(stop - start)
@@ -113,6 +123,16 @@ def read_annotations(out):
     embeddings = np.concatenate([load_file(out / f"chunk_{i:05d}.safetensors")["cell_embeddings"]
                                  for i in range(n_chunks)])
     return table["cell"].to_numpy(), table["label"].to_numpy(), table["score"].to_numpy(np.float32), embeddings
+
+
+def read_probabilities(out):
+    """All finished chunks' probabilities: `(cell types in column order, cells x cell types)`, and the run's settings
+    (`model`, `threshold`, `calibration_temperature`, `scinterpreter_version`)."""
+    out = Path(out)
+    progress = json.loads((out / PROGRESS).read_text())
+    probabilities = np.concatenate([load_file(out / f"chunk_{i:05d}.safetensors")["probabilities"]
+                                    for i in range(progress["chunks_done"])])
+    return progress["labels"], probabilities, progress
 
 
 def main(argv=None):
@@ -144,6 +164,10 @@ def main(argv=None):
         adata.obs[args.key_added] = adata.obs[args.key_added].astype("category")
         adata.obs[f"{args.key_added}_score"] = scores
         adata.obsm[f"X_{args.key_added}"] = embeddings
+        labels, probabilities, settings = read_probabilities(args.out)
+        adata.obsm[f"{args.key_added}_probabilities"] = probabilities
+        adata.uns[args.key_added] = {"labels": labels, **{key: settings[key] for key in (
+            "model", "threshold", "calibration_temperature", "scinterpreter_version")}}
         adata.write_h5ad(args.write_h5ad)
 
 

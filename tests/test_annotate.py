@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import GENES, make_counts
+from conftest import GENES, LABELS, make_counts
 
 from scinterpreter.annotate import annotate_h5ad, main, read_annotations
 
@@ -68,6 +68,12 @@ def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path)
           "--write_h5ad", str(target)])
     annotated = anndata.read_h5ad(target)
     assert annotated.obs["scinterpreter"].notna().all() and annotated.obsm["X_scinterpreter"].shape == (50, 32)
+    # the same record the pipeline writes for an AnnData in memory
+    probabilities = annotated.obsm["scinterpreter_probabilities"]
+    assert probabilities.shape == (50, len(LABELS)) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    labels = list(annotated.uns["scinterpreter"]["labels"])
+    assert [labels[i] for i in probabilities.argmax(1)] == annotated.obs["scinterpreter"].tolist()
+    assert annotated.uns["scinterpreter"]["model"] == str(saved_tiny_model)
     assert "scinterpreter" not in anndata.read_h5ad(h5ad).obs  # the input file is left as it was
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["chunks_done"] == 4
 
@@ -81,6 +87,7 @@ def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, s
 
     class OlderPipeline:  # the pipeline code of a model folder saved before compile_backbone existed
         compile_min_cells = 50
+        model = annotate.model
 
         def __call__(self, rows, gene_names, batch_size, threshold, show_progress):
             calls.append(len(rows))

@@ -196,3 +196,49 @@ def test_driver_genes_summarise_each_types_explanations_as_table_and_dot_plot(an
     assert (tmp_path / "drivers.png").stat().st_size > 0
     with pytest.raises(ValueError, match="explain=True"):
         driver_genes(annotate(adata).adata)
+
+
+def test_majority_vote_gives_each_cluster_its_most_frequent_label():
+    from pipeline_scinterpreter import majority_vote
+
+    labels = ["B", "T", "T", "B", "NK", "NK", "B"]
+    clusters = [0, 0, 0, 1, 1, 2, 2]
+    # cluster 1 ties B and NK: the label met first wins
+    assert majority_vote(labels, clusters) == ["T", "T", "T", "B", "B", "NK", "NK"]
+
+
+@pytest.mark.parametrize("kind", ["anndata", "matrix", "one cell"])
+def test_majority_voting_labels_every_cell_with_its_clusters_majority(annotate, adata, counts, kind):
+    pytest.importorskip("scanpy")
+    pytest.importorskip("igraph")
+    if kind == "anndata":
+        results = annotate(adata, majority_voting=True)
+        obs = results.adata.obs
+        assert obs["scinterpreter_majority_voting"].tolist() == [r["majority_voting"] for r in results]
+        for cluster, members in obs.groupby("scinterpreter_over_clustering", observed=True):
+            assert members["scinterpreter_majority_voting"].nunique() == 1
+            voted = members["scinterpreter_majority_voting"].iloc[0]
+            assert (members["scinterpreter"] == voted).sum() == members["scinterpreter"].value_counts().max()
+        assert "leiden" in results.adata.uns["scinterpreter"]["over_clustering"]
+        assert "scinterpreter_majority_voting" not in adata.obs
+    elif kind == "matrix":
+        results = annotate(counts, gene_names=GENES, majority_voting=True)
+        assert all(r["majority_voting"] in {x["label"] for x in results} for r in results)
+    else:
+        results = annotate(dict(zip(GENES, counts[0])), majority_voting=True)
+        assert results[0]["majority_voting"] == results[0]["label"]
+
+
+def test_majority_voting_in_the_users_clusters(annotate, adata):
+    adata.obs["louvain"] = ["a"] * (adata.n_obs - 1) + ["b"]
+    obs = annotate(adata, majority_voting=True, over_clustering="louvain").adata.obs
+    assert obs["scinterpreter_majority_voting"].iloc[-1] == obs["scinterpreter"].iloc[-1]
+    assert obs["scinterpreter_majority_voting"].iloc[:-1].nunique() == 1
+    assert obs["scinterpreter_over_clustering"].tolist() == adata.obs["louvain"].tolist()
+    with pytest.raises(ValueError, match="not an obs column"):
+        annotate(adata, majority_voting=True, over_clustering="leiden")
+    with pytest.raises(ValueError, match="one cluster id per cell"):
+        annotate(adata, majority_voting=True, over_clustering=[0, 1])
+    annotated = annotate(adata, majority_voting=True, over_clustering="louvain").adata
+    with pytest.raises(ValueError, match="overwrite=True"):
+        annotate(annotated, copy=False, majority_voting=True, over_clustering="louvain")
