@@ -13,6 +13,7 @@ and backbone come from that folder instead of ../shared and the local cache, for
 """
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -113,6 +114,13 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
 
         metrics = {"accuracy": round(accuracy_score(references, predicted), 4),
                    "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+        # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
+        # test cells, as a user annotating another batch or species could do with `processor.fit`.
+        refitted = copy.deepcopy(result.processor).fit(take(expression, keep), gene_names=gene_names)
+        predicted = predict(result.model, refitted(take(expression, keep), gene_names=gene_names, return_tensors="pt"),
+                            args.per_device_eval_batch_size)
+        metrics["test_reference_refit"] = {"accuracy": round(accuracy_score(references, predicted), 4),
+                                           "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
     epochs = [{key.removeprefix("eval_"): round(value, 4) if isinstance(value, float) else value
                for key, value in entry.items() if key.startswith(("eval_validation_", "eval_test_", "epoch", "loss"))
                and not key.endswith(("runtime", "per_second"))}
@@ -120,6 +128,7 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     return {
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "test_reference_refit": metrics["test_reference_refit"],
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
         "train_seconds": round(result.train_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
         "n_train": int(len(train) - len(result.validation_cells)), "n_validation": int(len(result.validation_cells)),
