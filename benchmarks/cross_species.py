@@ -53,14 +53,19 @@ def logistic_regression_transfer(processor, source, target, target_labels, score
             "macro_f1": round(f1_score(reference, predicted[scored], average="macro", labels=sorted(set(reference))), 4)}
 
 
-def score_with_target_reference(annotate, adata, reference, shared):
-    """Accuracy and macro-F1 on the target when the processor's reference profile is refitted on the target cells."""
-    processor = copy.deepcopy(annotate.processor).fit(adata)
-    refitted = type(annotate)(model=annotate.model, processor=processor)
-    predicted = np.array([r["label"].lower() for r in refitted(adata, batch_size=64)])
+def shared_type_scores(reference, predicted, shared):
+    """Accuracy and macro-F1 over the target cells whose type the source also has."""
     return {"accuracy": round(accuracy_score(reference[shared], predicted[shared]), 4),
             "macro_f1": round(f1_score(reference[shared], predicted[shared], average="macro",
                                        labels=sorted(set(reference[shared]))), 4)}
+
+
+def score_with_target_reference(annotate, adata, reference, shared):
+    """Scores on the target when the processor's reference profile is refitted on the target cells."""
+    processor = copy.deepcopy(annotate.processor).fit(adata)
+    refitted = type(annotate)(model=annotate.model, processor=processor)
+    predicted = np.array([r["label"].lower() for r in refitted(adata, batch_size=64)])
+    return shared_type_scores(reference, predicted, shared)
 
 
 def main(argv=None):
@@ -96,9 +101,7 @@ def main(argv=None):
             "target_genes_matched": match.summary(),
             "shared_types": sorted(set(reference[shared])),
             "n_target_cells_scored": int(shared.sum()), "n_target_cells": int(len(reference)),
-            "accuracy": round(accuracy_score(reference[shared], predicted[shared]), 4),
-            "macro_f1": round(f1_score(reference[shared], predicted[shared], average="macro",
-                                       labels=sorted(set(reference[shared]))), 4),
+            **shared_type_scores(reference, predicted, shared),
             "target_reference": score_with_target_reference(annotate, adata, reference, shared),
             "logistic_regression": logistic_regression_transfer(annotate.processor, source, adata, reference, shared),
             "seconds": round(time.perf_counter() - started, 1),

@@ -105,22 +105,23 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         take = (lambda cells, positions: cells[positions])
         train_labels = labels[train]
         keep = test[np.isin(labels[test], np.unique(train_labels))]  # test types never trained on can't be named
+        test_cells = take(expression, keep)
         result = fit(take(expression, train), train_labels, recipe, args, gene_names=gene_names,
-                     monitor_sets={"test": (take(expression, keep), labels[keep])})
-        inputs = result.processor(take(expression, keep), gene_names=gene_names, return_tensors="pt")
-        predicted = predict(result.model, inputs, args.per_device_eval_batch_size)
+                     monitor_sets={"test": (test_cells, labels[keep])})
         references = np.array([result.label2id[label] for label in labels[keep]])
-        from sklearn.metrics import accuracy_score, f1_score  # what `evaluate` computes, without needing it
 
-        metrics = {"accuracy": round(accuracy_score(references, predicted), 4),
-                   "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+        def scores(processor):
+            from sklearn.metrics import accuracy_score, f1_score  # what `evaluate` computes, without needing it
+
+            inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
+            predicted = predict(result.model, inputs, args.per_device_eval_batch_size)
+            return {"accuracy": round(accuracy_score(references, predicted), 4),
+                    "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+
+        metrics = scores(result.processor)
         # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
         # test cells, as a user annotating another batch or species could do with `processor.fit`.
-        refitted = copy.deepcopy(result.processor).fit(take(expression, keep), gene_names=gene_names)
-        predicted = predict(result.model, refitted(take(expression, keep), gene_names=gene_names, return_tensors="pt"),
-                            args.per_device_eval_batch_size)
-        metrics["test_reference_refit"] = {"accuracy": round(accuracy_score(references, predicted), 4),
-                                           "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+        metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells, gene_names=gene_names))
     epochs = [{key.removeprefix("eval_"): round(value, 4) if isinstance(value, float) else value
                for key, value in entry.items() if key.startswith(("eval_validation_", "eval_test_", "epoch", "loss"))
                and not key.endswith(("runtime", "per_second"))}
