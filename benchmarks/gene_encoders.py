@@ -10,6 +10,7 @@ Writes docs/gene_encoders.md, docs/gene_encoders.json and docs/gene_encoders.png
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -100,6 +101,7 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(),
             "vocabulary": len(vocab), "encode_seconds": encode_seconds}
     (args.out / "gene_encoders.json").write_text(json.dumps({"meta": meta, "neighbours": neighbours,
                                                             "genept_w": records}, indent=1) + "\n")
@@ -117,11 +119,10 @@ def write_report(out, encoders, neighbours, records, meta):
     lines = [
         "# Gene text encoders compared",
         "",
-        f"Made by `python benchmarks/gene_encoders.py` on {meta['date']} ({meta['machine']}, 2 cores). Gene table: "
+        f"Made by `python benchmarks/gene_encoders.py` on {meta['date']} ({meta['machine']}, {meta.get('cpu_cores', '?')} cores). Gene table: "
         f"the built-in human descriptions of the {meta['vocabulary']} genes that the shared datasets measure, each "
         "encoder's vectors centred and re-normalised. `random`: Gaussian vectors; `shuffled`: wordllama vectors "
-        "given to the wrong genes. Encoding time in this run (0 s where the table came from the cache; the first "
-        "MiniLM encoding of these genes took 1,231 s on one thread): "
+        "given to the wrong genes. Encoding time in this run (0 s where the table came from the cache): "
         + ", ".join(f"{e} {t:.0f} s" for e, t in meta["encode_seconds"].items()) + ".",
         "",
         "## GenePT-w: accuracy / macro-F1 on the shared splits",

@@ -13,6 +13,7 @@ scale.md; the last line printed is one JSON object.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -121,13 +122,18 @@ def main(argv=None):
         print(json.dumps(record), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"date": date.today().isoformat(), "layers": args.layers, "chunk_size": args.chunk_size,
+    import anndata
+
+    n_genes = anndata.read_h5ad(SOURCE, backed="r").n_vars
+    report = {"date": date.today().isoformat(), "cpu_cores": os.cpu_count(), "n_genes": n_genes,
+              "layers": args.layers, "chunk_size": args.chunk_size,
               "compile_backbone": args.compile_backbone, "records": records}
     stem = "scale_compiled" if args.compile_backbone else "scale"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Streaming annotation at scale", "",
-             f"`python benchmarks/scale.py` on {report['date']}, 2 CPU cores; backbone cut to {args.layers} layer(s), "
-             f"chunks of {args.chunk_size} cells, synthetic raw counts resampled from Baron human (20,125 genes); "
+             f"`python benchmarks/scale.py` on {report['date']}, {report['cpu_cores']} CPU cores; backbone cut to "
+             f"{args.layers} layer(s), chunks of {args.chunk_size} cells, synthetic raw counts resampled from Baron "
+             f"human ({n_genes:,} genes); "
              f"backbone {'under torch.compile' if args.compile_backbone else 'uncompiled'}.", "",
              "| cells in file | cells annotated | file GB | cells/s | peak RSS MB | hours for the whole file |",
              "|---|---|---|---|---|---|"]

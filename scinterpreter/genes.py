@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,11 @@ def build_gene_table(
             embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-8)
         vocab = list(descriptions["symbol"])
         cached.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": np.ascontiguousarray(embeddings)}, cached, metadata={"vocab": json.dumps(vocab)})
+        # Written under a name of its own, then renamed: two processes (DDP ranks) embedding the same table at once
+        # each rename a complete file, and no reader meets a half-written one.
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        save_file({"embeddings": np.ascontiguousarray(embeddings)}, partial, metadata={"vocab": json.dumps(vocab)})
+        os.replace(partial, cached)
     return GeneTable(vocab=vocab, embeddings=embeddings, encoder=encoder, centered=center, content_hash=content_hash,
                      species=species)
 

@@ -94,8 +94,16 @@ def test_mouse_descriptions_borrow_the_human_orthologs_text():
     assert "Human ortholog: INS. From the human ortholog:" in mouse.loc["Ins1", "description"]
 
 
-def test_gene_table_is_cached_by_content_and_centred():
+def test_gene_table_is_cached_by_content_and_centred(tmp_path, monkeypatch):
+    import scinterpreter.genes
+
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path))
     first = build_gene_table(encoder="random")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cached table should have been read, not embedded again")
+
+    monkeypatch.setattr(scinterpreter.genes, "_encode", no_encoding)
     second = build_gene_table(encoder="random")
     assert first.content_hash == second.content_hash
     assert np.array_equal(first.embeddings, second.embeddings)
@@ -118,3 +126,26 @@ def test_mean_pooled_encoder_ignores_padding(tmp_path):
     alone = _mean_pooled(model, tokenizer, texts[1:], max_tokens=16)
     assert together.shape == (2, 32)
     np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
+
+
+def test_a_gene_table_write_cut_short_leaves_no_file_that_later_loads(tmp_path, monkeypatch):
+    import pandas as pd
+    import pytest
+    import safetensors.numpy
+
+    from scinterpreter.genes import build_gene_table
+
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path))
+    descriptions = pd.DataFrame({"symbol": ["INS", "GCG"], "description": ["insulin", "glucagon"]})
+
+    def killed_mid_write(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half a safetensors file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_gene_table(descriptions, encoder="random")
+    monkeypatch.undo()
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path))
+    table = build_gene_table(descriptions, encoder="random")  # embeds again instead of reading half a file
+    assert table.embeddings.shape[0] == 2
