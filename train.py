@@ -137,7 +137,7 @@ def main(argv=None, callbacks=None):
         "n_test_cells": int(len(evaluated)),
         "test": metrics,
         "validation": {key: round(float(value), 4) for key, value in fitted.validation_metrics().items()},
-        "calibration": test_calibration(logits, references, fitted.calibration),
+        "calibration": test_calibration(logits, references, fitted.calibration, model),
         "best_epoch": fitted.best_epoch,
         "per_class": per_class_report(predicted, references, classes),
         "train_seconds": round(fitted.train_seconds, 1),
@@ -191,55 +191,78 @@ def main(argv=None, callbacks=None):
     return results
 
 
-def test_calibration(logits, references, calibration: dict) -> dict:
-    """Expected calibration error (15 bins) of the test cells before and after the validation temperature."""
+def test_calibration(logits, references, calibration: dict, model) -> dict:
+    """Expected calibration error (15 bins) of the test cells before and after the validation temperature, and the
+    fraction of test cells the fitted Unassigned threshold would flag."""
+    import torch
+
     from scinterpreter.calibration import expected_calibration_error, softmax
 
     if not calibration:
         return {}
+    flagged = model.confidence(torch.as_tensor(logits)).numpy() < model.config.unassigned_threshold
     return {**calibration,
             "test_ece_before": round(expected_calibration_error(softmax(logits), references), 4),
             "test_ece_after": round(expected_calibration_error(softmax(logits, calibration["temperature"]),
-                                                               references), 4)}
+                                                               references), 4),
+            "test_unassigned_fraction": round(float(flagged.mean()), 4),
+            "test_accuracy_of_assigned": round(float((logits.argmax(-1) == references)[~flagged].mean()), 4)
+            if (~flagged).any() else None}
 
 
 def train_streaming(script_args, recipe, training_args, callbacks, started, push_to=None):
     """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
     import math
 
-    from scinterpreter.streaming import StreamingCells, hash_split
+    from scinterpreter.streaming import StreamingCells, cell_key, hash_split
 
     if str(script_args.dataset).endswith(".h5ad") or script_args.dataset in DEMO_DATASETS:
         raise ScInterpreterInputError("--streaming reads Hub or local datasets in the sparse-row layout; an .h5ad "
                                       "file is read in backed mode by scinterpreter.annotate, or load it whole.")
     data = load_cells(script_args.dataset, streaming=True)
     cells, gene_metadata = data["cells"], data["gene_metadata"]
-    label_feature = cells.features.get("label") if cells.features else None
-    if label_feature is None or not hasattr(label_feature, "names"):
-        raise ScInterpreterInputError(f"{script_args.dataset} has no ClassLabel `label` column to train on.")
-    classes = list(label_feature.names)
+    features = cells.features or {}
+    label_column = script_args.label_column or "label"
+    if label_column not in features:
+        raise ScInterpreterInputError(f"{script_args.dataset} has no label column {label_column!r} (columns: "
+                                      f"{list(features)}): pass the one that holds the cell types with --label_column.")
     if script_args.split_file:
+        if "cell_id" not in features:
+            raise ScInterpreterInputError(f"--split_file names test cells by cell_id, which {script_args.dataset}'s rows "
+                                          "do not have: leave it out to split by a hash of each cell (--test_size).")
         test_names = set(json.loads(Path(script_args.split_file).read_text())["test"])
         is_test = test_names.__contains__
     else:
-        def is_test(cell_id):
-            return hash_split(cell_id, script_args.test_size)
+        def is_test(key):
+            return hash_split(key, script_args.test_size)
     if recipe.validation_fraction > 0:
         logger.info("streamed training holds no validation cells out: it trains for --max_steps and keeps the end")
+    # A stream has no length: one pass over the cells' names (and string labels) counts the training cells.
+    key_columns = ["cell_id"] if "cell_id" in features else ["genes", "expressions"]
+    n_train, train_labels = 0, set()
+    for row in cells.select_columns(key_columns + [label_column]):
+        if not is_test(cell_key(row)):
+            n_train += 1
+            train_labels.add(str(row[label_column]))
+    label_feature = features[label_column]
+    if hasattr(label_feature, "names"):
+        classes, label2id = list(label_feature.names), None
+    else:  # plain strings (Tahoe-100M's cell_line_id): the types met among the training cells
+        classes = sorted(train_labels)
+        label2id = {label: i for i, label in enumerate(classes)}
     model, processor = build_model_from_recipe(recipe, classes, device=training_args.device)
-    # a stream has no length: count the training cells in one pass over the ids
-    n_train = sum(not is_test(row["cell_id"]) for row in cells.select_columns(["cell_id"]))
     if training_args.max_steps <= 0:
         per_step = training_args.per_device_train_batch_size * training_args.world_size
         training_args.max_steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
         logger.info(f"{n_train} training cells in the stream: {training_args.max_steps} steps")
-    train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), gene_metadata,
-                                 processor, keep=lambda cell_id: not is_test(cell_id))
+    stream = dict(gene_metadata=gene_metadata, processor=processor, label_column=label_column, label2id=label2id)
+    train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000),
+                                 keep=lambda key: not is_test(key), **stream)
     if processor.selection == "excess" or processor.token_value == "excess":
-        reference_cells = StreamingCells(cells, gene_metadata, processor, keep=lambda cell_id: not is_test(cell_id))
+        reference_cells = StreamingCells(cells, keep=lambda key: not is_test(key), **stream)
         matrix, gene_names = reference_cells.first_cells(script_args.reference_cells)
         processor.fit(matrix, gene_names=gene_names)
-    test_cells = StreamingCells(cells, gene_metadata, processor, keep=is_test)
+    test_cells = StreamingCells(cells, keep=is_test, **stream)
     trainer = ScInterpreterTrainer(model=model, args=training_args, train_dataset=train_cells,
                                    processing_class=processor, callbacks=callbacks,
                                    adapter_only=script_args.adapter_only)
@@ -248,6 +271,11 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     train_seconds = time.perf_counter() - train_started
     prediction = trainer.predict(test_cells)
     predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids
+    known = references != -100  # test cells of a type no training cell has (string labels) can't be named
+    if not known.all():
+        logger.warning(f"{int((~known).sum())} streamed test cells are of types never met in training; left out of "
+                       "the metrics")
+    predicted, references = predicted[known], references[known]
     metrics = annotation_metrics(predicted, references)
     results = {"dataset": script_args.dataset, "streaming": True, "split_file": script_args.split_file,
                "n_train_cells": int(n_train), "test_size": script_args.test_size, "n_test_cells": int(len(references)), "test": metrics,

@@ -1,8 +1,11 @@
 """AnnData <-> Hugging Face `datasets`: one row per cell, in the sparse-row layout single-cell Hub datasets use.
 
 A cell is a row with `genes` (int32 ids of its expressed genes), `expressions` (their values, float32), the label as
-a `ClassLabel` column and any chosen `obs` columns; a separate `gene_metadata` table maps gene ids to `gene_symbol`
-(and `ensembl_id` where known). This is the layout of Tahoe-100M on the Hub, so such datasets load the same way.
+a `ClassLabel` column and any chosen `obs` columns; a separate `gene_metadata` table maps gene ids (`token_id`) to
+`gene_symbol` (and `ensembl_id` where known). Tahoe-100M on the Hub is read as published: its rows have no `cell_id`
+(a cell is then named by its row, or in a stream by a hash of its genes and values), its label is a plain string
+column (e.g. `cell_line_id`, chosen with `label_column`), and each row starts with the special `<cls>` token
+(expression -2), which, like `<pad>` and any other token without a gene symbol, is dropped.
 
     ds = anndata_to_dataset(adata, label_column="cell_type")   # DatasetDict: "cells" and "gene_metadata"
     ds.save_to_disk("my_cells")          # or ds.push_to_hub("org/my_cells")
@@ -71,6 +74,30 @@ def _dense_to_csr(dense):
     return sparse.csr_matrix(dense)
 
 
+def is_special_token(symbol) -> bool:
+    """Tokens that name no gene (`<cls>`, `<pad>`, missing symbols): their entries are dropped from cells."""
+    return not isinstance(symbol, str) or not symbol or (symbol.startswith("<") and symbol.endswith(">"))
+
+
+def gene_columns(gene_metadata):
+    """`(symbols, column_of)`: the genes' symbols in matrix-column order, and each token id's column (-1 for
+    special tokens and unused ids)."""
+    token_ids = np.asarray(gene_metadata["token_id"], dtype=np.int64)
+    symbols = np.asarray(gene_metadata["gene_symbol"], dtype=object)
+    is_gene = np.array([not is_special_token(symbol) for symbol in symbols], dtype=bool)
+    column_of = np.full(token_ids.max() + 1, -1, dtype=np.int64)
+    column_of[token_ids[is_gene]] = np.arange(int(is_gene.sum()))
+    return symbols[is_gene], column_of, is_gene
+
+
+def cell_entries(row, column_of):
+    """`(columns, values)` of one sparse row, special tokens dropped."""
+    columns = column_of[np.asarray(row["genes"], dtype=np.int64)]
+    values = np.asarray(row["expressions"], dtype=np.float32)
+    keep = columns >= 0
+    return columns[keep], values[keep]
+
+
 def dataset_to_anndata(dataset, gene_metadata=None, label_column="label", max_cells=None):
     """
     An AnnData from a cells dataset (`genes` / `expressions` list columns) and its gene table. `dataset` may be the
@@ -88,25 +115,22 @@ def dataset_to_anndata(dataset, gene_metadata=None, label_column="label", max_ce
         dataset = dataset[split]
     if gene_metadata is None:
         raise ValueError("the dataset has no gene_metadata table: pass gene_metadata= (token_id -> gene_symbol).")
-    token_ids = np.asarray(gene_metadata["token_id"])
-    symbols = np.asarray(gene_metadata["gene_symbol"], dtype=object)
-    column_of = np.full(token_ids.max() + 1, -1, dtype=np.int64)
-    column_of[token_ids] = np.arange(len(token_ids))
+    symbols, column_of, is_gene = gene_columns(gene_metadata)
     if max_cells is not None:
         dataset = dataset.select(range(min(max_cells, len(dataset))))
     indptr, indices, data, obs = [0], [], [], {}
     scalar_columns = [c for c, f in dataset.features.items() if c not in ("genes", "expressions")
                       and not hasattr(f, "feature")]
     for row in dataset:
-        columns = column_of[np.asarray(row["genes"], dtype=np.int64)]
+        columns, values = cell_entries(row, column_of)
         indices.append(columns)
-        data.append(np.asarray(row["expressions"], dtype=np.float32))
+        data.append(values)
         indptr.append(indptr[-1] + len(columns))
         for column in scalar_columns:
             obs.setdefault(column, []).append(row[column])
     matrix = sparse.csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)),
                                shape=(len(indptr) - 1, len(symbols)))
-    obs = pd.DataFrame(obs)
+    obs = pd.DataFrame(obs, index=pd.RangeIndex(len(indptr) - 1))
     label_feature = dataset.features.get(label_column)
     if label_feature is not None and hasattr(label_feature, "int2str"):
         obs["cell_type"] = label_feature.int2str(obs.pop(label_column).tolist())
@@ -115,7 +139,7 @@ def dataset_to_anndata(dataset, gene_metadata=None, label_column="label", max_ce
     obs.index = obs.index.astype(str)
     var = pd.DataFrame(index=pd.Index(symbols.astype(str), name="gene_symbol"))
     if "ensembl_id" in gene_metadata.column_names:
-        var["ensembl_id"] = list(gene_metadata["ensembl_id"])
+        var["ensembl_id"] = np.asarray(gene_metadata["ensembl_id"], dtype=object)[is_gene]
     var_names_unique = ~var.index.duplicated()
     adata = anndata.AnnData(X=matrix, obs=obs, var=var)
     return adata if var_names_unique.all() else adata[:, var_names_unique].copy()

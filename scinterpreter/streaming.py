@@ -11,24 +11,35 @@ def hash_split(cell_id: str, test_size: float) -> bool:
     return zlib.crc32(str(cell_id).encode()) % 10_000 < test_size * 10_000
 
 
+def cell_key(row) -> str:
+    """A cell's name: its `cell_id`, or, where rows have none (Tahoe-100M), a hash of its genes and values, which
+    stays the same whatever order the stream is read in."""
+    if "cell_id" in row:
+        return str(row["cell_id"])
+    genes = np.asarray(row["genes"], dtype=np.int64).tobytes()
+    return f"{zlib.crc32(genes):08x}{zlib.crc32(np.asarray(row['expressions'], dtype=np.float32).tobytes()):08x}"
+
+
 class StreamingCells(torch.utils.data.IterableDataset):
     """
     Model inputs for the cells of a streamed `datasets.IterableDataset` in the sparse-row layout (`genes` token ids,
-    `expressions`, a `ClassLabel` `label`), read `chunk_size` cells at a time: gene matching, normalisation and
-    the top-k cut happen in the processor, as for in-memory data. `keep(cell_id)` selects the split.
+    `expressions`, a label column: `ClassLabel` ids, or strings mapped by `label2id`), read `chunk_size` cells at a
+    time: gene matching, normalisation and the top-k cut happen in the processor, as for in-memory data.
+    `keep(cell_key)` selects the split; special tokens (`<cls>`, `<pad>`) are dropped.
     """
 
-    def __init__(self, cells, gene_metadata, processor, keep, chunk_size=1024, label_column="label"):
+    def __init__(self, cells, gene_metadata, processor, keep, chunk_size=1024, label_column="label", label2id=None):
+        from .hf_datasets import gene_columns
+
         self.cells, self.processor, self.keep = cells, processor, keep
-        self.chunk_size, self.label_column = chunk_size, label_column
-        token_ids = np.asarray(gene_metadata["token_id"], dtype=np.int64)
-        self.gene_names = np.array([f"__no_symbol_{i}" for i in range(token_ids.max() + 1)], dtype=object)
-        self.gene_names[token_ids] = np.asarray(gene_metadata["gene_symbol"], dtype=object)
+        self.chunk_size, self.label_column, self.label2id = chunk_size, label_column, label2id
+        symbols, self.column_of, _ = gene_columns(gene_metadata)
+        self.gene_names = list(symbols)
 
     def __iter__(self):
         rows = []
         for row in self.cells:
-            if self.keep(row["cell_id"]):
+            if self.keep(cell_key(row)):
                 rows.append(row)
             if len(rows) == self.chunk_size:
                 yield from self._encode(rows)
@@ -39,10 +50,13 @@ class StreamingCells(torch.utils.data.IterableDataset):
     def _matrix(self, rows):
         from scipy import sparse
 
-        indptr = np.cumsum([0] + [len(row["genes"]) for row in rows])
+        from .hf_datasets import cell_entries
+
+        entries = [cell_entries(row, self.column_of) for row in rows]
+        indptr = np.cumsum([0] + [len(columns) for columns, _ in entries])
         return sparse.csr_matrix(
-            (np.concatenate([np.asarray(r["expressions"], dtype=np.float32) for r in rows]),
-             np.concatenate([np.asarray(r["genes"], dtype=np.int64) for r in rows]), indptr),
+            (np.concatenate([values for _, values in entries]), np.concatenate([columns for columns, _ in entries]),
+             indptr),
             shape=(len(rows), len(self.gene_names)),
         )
 
@@ -50,7 +64,7 @@ class StreamingCells(torch.utils.data.IterableDataset):
         """`(matrix, gene_names)`: the stream's first `n_cells` kept cells, e.g. to fit the processor's reference."""
         rows = []
         for row in self.cells:
-            if self.keep(row["cell_id"]):
+            if self.keep(cell_key(row)):
                 rows.append(row)
                 if len(rows) == n_cells:
                     break
@@ -61,5 +75,7 @@ class StreamingCells(torch.utils.data.IterableDataset):
         for i, row in enumerate(rows):
             item = {name: encoded[name][i] for name in ("gene_ids", "gene_values", "gene_mask")}
             if self.label_column in row:
-                item["labels"] = torch.tensor(row[self.label_column], dtype=torch.long)
+                label = row[self.label_column]
+                label = self.label2id.get(str(label), -100) if self.label2id is not None else label
+                item["labels"] = torch.tensor(label, dtype=torch.long)
             yield item

@@ -64,3 +64,86 @@ def test_train_streams_a_dataset_folder_chunk_by_chunk(tmp_path):
     assert results["n_test_cells"] + results["n_train_cells"] == 90  # every cell once, whatever the steps
     assert results["test"]["accuracy"] >= 0.9
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+TAHOE_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*.parquet
+- config_name: gene_metadata
+  data_files:
+  - split: train
+    path: metadata/gene_metadata.parquet
+---
+"""
+
+
+def make_tahoe_like_folder(tmp_path):
+    """The marker cells in Tahoe-100M's published layout: rows of `genes` token ids and `expressions` that start
+    with the special `<cls>` token (expression -2), a plain string label `cell_line_id`, other metadata columns and
+    no `cell_id`; a `gene_metadata` config whose special tokens have no Ensembl id."""
+    import anndata
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    adata = anndata.read_h5ad(make_marker_dataset(tmp_path / "cells.h5ad"))
+    specials = ["<pad>", "<cls>"]
+    genes = list(adata.var_names)
+    counts = np.asarray(adata.X)
+    rows = {"genes": [], "expressions": [], "cell_line_id": [], "drug": [], "plate": []}
+    for i, label in enumerate(adata.obs["cell_type"]):
+        expressed = np.flatnonzero(counts[i])
+        rows["genes"].append([1] + (expressed + len(specials)).tolist())
+        rows["expressions"].append([-2.0] + counts[i, expressed].tolist())
+        rows["cell_line_id"].append(f"CVCL_{label.replace(' ', '_')}")
+        rows["drug"].append("DMSO_TF" if i % 2 else "Bortezomib")
+        rows["plate"].append(f"plate{i % 3}")
+    folder = tmp_path / "tahoe_like"
+    (folder / "data").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    pq.write_table(pa.table(rows), folder / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"token_id": list(range(len(specials) + len(genes))),
+                             "ensembl_id": [None] * len(specials) + [f"ENSG{i:011d}" for i in range(len(genes))],
+                             "gene_symbol": specials + genes}), folder / "metadata" / "gene_metadata.parquet")
+    (folder / "README.md").write_text(TAHOE_CARD)
+    return folder, adata
+
+
+def test_tahoe_layout_loads_without_its_special_tokens(tmp_path):
+    folder, adata = make_tahoe_like_folder(tmp_path)
+    loaded = dataset_to_anndata(load_cells(folder))
+    assert list(loaded.var_names) == list(adata.var_names)  # <pad> and <cls> are no genes
+    np.testing.assert_array_equal(loaded.X.toarray(), adata.X)  # the -2 of <cls> is gone
+    assert {"cell_line_id", "drug", "plate"} <= set(loaded.obs.columns) and loaded.n_obs == adata.n_obs
+    assert loaded.var["ensembl_id"].iloc[0] == "ENSG00000000000"
+
+
+def test_train_on_the_tahoe_layout_in_memory_and_streamed(tmp_path):
+    import train
+
+    folder, _ = make_tahoe_like_folder(tmp_path)
+    common = ["--dataset", str(folder), "--label_column", "cell_line_id", "--backbone",
+              str(make_tiny_backbone(tmp_path / "backbone")), "--gene_encoder", "random", "--n_top_genes", "8"]
+    in_memory = train.main(common + ["--max_steps", "2", "--output_dir", str(tmp_path / "run"),
+                                     "--annotate_test_cells", "false", "--umap", "false"])
+    assert in_memory["n_train_cells"] + in_memory["n_validation_cells"] + in_memory["n_test_cells"] == 90
+    streamed = train.main(common + ["--streaming", "true", "--num_train_epochs", "6", "--learning_rate", "3e-3",
+                                    "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "streamed"),
+                                    "--logging_steps", "50"])
+    assert streamed["n_test_cells"] + streamed["n_train_cells"] == 90  # cells named by a hash of their values
+    assert streamed["test"]["accuracy"] >= 0.9
+    assert sorted(streamed["per_class"]) == ["CVCL_B_cell", "CVCL_T_cell", "CVCL_beta"]
+
+
+def test_streamed_training_names_a_missing_label_column(tmp_path):
+    import pytest
+
+    import train
+    from processing_scinterpreter import ScInterpreterInputError
+
+    folder, _ = make_tahoe_like_folder(tmp_path)
+    with pytest.raises(ScInterpreterInputError, match="no label column 'label'.*cell_line_id"):
+        train.main(["--dataset", str(folder), "--streaming", "true", "--gene_encoder", "random",
+                    "--output_dir", str(tmp_path / "run")])
