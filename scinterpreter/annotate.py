@@ -36,6 +36,41 @@ def _atomic_write(path: Path, text: str):
     os.replace(partial, path)
 
 
+class H5adCells:
+    """
+    The cells of an `.h5ad` file read straight from disk, a slice of rows at a time, from `X` or `layers[layer]`
+    (anndata's backed mode keeps only `X` on disk and reads every layer whole), with the cell and gene names.
+    """
+
+    def __init__(self, path, layer=None):
+        import h5py
+        from anndata.io import read_elem, sparse_dataset
+
+        from processing_scinterpreter import ScInterpreterInputError
+
+        from .data import check_h5ad
+
+        self.file = h5py.File(check_h5ad(path), "r")
+        if layer is None:
+            element = self.file["X"]
+        else:
+            layers = self.file.get("layers", {})
+            if layer not in layers:
+                raise ScInterpreterInputError(f"layer {layer!r} is not in {path} (layers: {sorted(layers)}): pass one "
+                                              "of them, or leave --layer out to read X.")
+            element = layers[layer]
+        self.matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
+        self.n_obs = self.matrix.shape[0]
+        index = lambda group: read_elem(group[group.attrs["_index"]]).astype(str)  # noqa: E731
+        self.obs_names, self.var_names = index(self.file["obs"]), index(self.file["var"])
+
+    def __getitem__(self, rows: slice):
+        return self.matrix[rows]
+
+    def close(self):
+        self.file.close()
+
+
 def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.0, layer=None, max_chunks=None,
                   compile_backbone=None):
     """
@@ -55,19 +90,18 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     """
     from transformers import pipeline
 
-    from .data import read_h5ad
-
     annotate = model if callable(model) else pipeline("cell-annotation", model=str(model), trust_remote_code=True)
-    adata = read_h5ad(path, backed="r")
+    cells = H5adCells(path, layer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n_cells = adata.n_obs
+    n_cells = cells.n_obs
     n_chunks = (n_cells + chunk_size - 1) // chunk_size
     progress_file = out / PROGRESS
     config = annotate.model.config
     settings = {"source": str(Path(path).resolve()), "n_cells": n_cells, "chunk_size": chunk_size,
                 "format": CHUNK_FORMAT, "labels": [config.id2label[i] for i in range(len(config.id2label))],
-                "model": str(getattr(annotate.model, "name_or_path", model)), "threshold": float(threshold),
+                "model": str(getattr(annotate.model, "name_or_path", model)),
+                "threshold": threshold if threshold == "auto" else float(threshold),
                 "calibration_temperature": float(getattr(config, "calibration_temperature", None) or 1.0),
                 "scinterpreter_version": getattr(config, "scinterpreter_version", None) or "unknown"}
     done = 0
@@ -80,7 +114,7 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     started, annotated = time.perf_counter(), 0
     bar = tqdm(total=n_cells, initial=min(done * chunk_size, n_cells), unit="cells", desc="Annotating",
                dynamic_ncols=True)
-    genes = list(adata.var_names)
+    genes = list(cells.var_names)
     if compile_backbone is None:
         compile_backbone = n_cells >= getattr(annotate, "compile_min_cells", float("inf"))
     options = {}
@@ -93,10 +127,10 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         if max_chunks is not None and chunk - done >= max_chunks:
             break
         start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, n_cells)
-        rows = adata.X[start:stop] if layer is None else adata.layers[layer][start:stop]
+        rows = cells[start:stop]
         results = annotate(rows, gene_names=genes, batch_size=batch_size, threshold=threshold, show_progress=False,
                            **options)
-        names = adata.obs_names[start:stop]
+        names = cells.obs_names[start:stop]
         lines = [f"{cell}\t{r['label']}\t{r['score']:.6f}" for cell, r in zip(names, results)]
         (out / f"chunk_{chunk:05d}.tsv").write_text("cell\tlabel\tscore\n" + "\n".join(lines) + "\n")
         save_file({"cell_embeddings": np.ascontiguousarray(results.embeddings),
@@ -105,6 +139,7 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         annotated += stop - start
         bar.update(stop - start)
     bar.close()
+    cells.close()
     seconds = time.perf_counter() - started
     n_done = min(json.loads(progress_file.read_text())["chunks_done"] * chunk_size, n_cells) if progress_file.is_file() else 0
     return {"n_cells": n_cells, "n_done": n_done, "cells_annotated_now": annotated,
@@ -142,7 +177,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder (reused to resume)")
     parser.add_argument("--chunk_size", type=int, default=4096)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--threshold", type=float, default=0.0)
+    parser.add_argument("--threshold", type=lambda value: value if value == "auto" else float(value), default=0.0,
+                        help="best probability under which a cell is Unassigned, or auto (the model's fitted one)")
     parser.add_argument("--layer", default=None)
     parser.add_argument("--write_h5ad", default=None, help="also write a copy of the input with the annotation")
     parser.add_argument("--key_added", default="scinterpreter")
@@ -154,21 +190,70 @@ def main(argv=None):
                             args.layer, compile_backbone=args.compile_backbone)
     print(json.dumps(summary))
     if args.write_h5ad:
-        from .data import read_h5ad
+        write_annotated_h5ad(args.h5ad, args.out, args.write_h5ad, args.key_added)
 
-        adata = read_h5ad(args.h5ad)
-        cells, labels, scores, embeddings = read_annotations(args.out)
-        if len(cells) != adata.n_obs:
-            raise ValueError(f"{args.out} holds {len(cells)} of {adata.n_obs} cells: finish the run first.")
-        adata.obs[args.key_added] = labels
-        adata.obs[args.key_added] = adata.obs[args.key_added].astype("category")
-        adata.obs[f"{args.key_added}_score"] = scores
-        adata.obsm[f"X_{args.key_added}"] = embeddings
-        labels, probabilities, settings = read_probabilities(args.out)
-        adata.obsm[f"{args.key_added}_probabilities"] = probabilities
-        adata.uns[args.key_added] = {"labels": labels, **{key: settings[key] for key in (
-            "model", "threshold", "calibration_temperature", "scinterpreter_version")}}
-        adata.write_h5ad(args.write_h5ad)
+
+def write_annotated_h5ad(source, out, target, key_added="scinterpreter"):
+    """
+    A copy of `source` with `out`'s annotations added as the pipeline writes them: `obs[key_added]`,
+    `obs[key_added + "_score"]`, `obsm["X_" + key_added]`, `obsm[key_added + "_probabilities"]`, `uns[key_added]`.
+    The file is copied byte for byte and the new entries written into the copy a chunk at a time, so that neither
+    the matrix nor the layers are ever read.
+    """
+    import shutil
+
+    import h5py
+    import pandas as pd
+    from anndata.io import read_elem, write_elem
+
+    from processing_scinterpreter import ScInterpreterInputError
+
+    out, target = Path(out), Path(target)
+    settings = json.loads((out / PROGRESS).read_text())
+    n_chunks = -(-settings["n_cells"] // settings["chunk_size"])
+    if settings["chunks_done"] < n_chunks:
+        raise ValueError(f"{out} holds {settings['chunks_done']} of {n_chunks} chunks: finish the run first.")
+    if target.resolve() == Path(source).resolve():
+        raise ScInterpreterInputError(f"--write_h5ad {target} is the input file: write the annotated copy elsewhere.")
+    with h5py.File(source, "r") as handle:
+        taken = [f"obs['{key}']" for key in (key_added, f"{key_added}_score") if key in handle["obs"]]
+        taken += [f"obsm['{key}']" for key in (f"X_{key_added}", f"{key_added}_probabilities")
+                  if key in handle.get("obsm", {})]
+        taken += [f"uns['{key_added}']"] if key_added in handle.get("uns", {}) else []
+    if taken:
+        raise ScInterpreterInputError(f"{source} already has {taken}: pass another --key_added.")
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    with h5py.File(partial, "r+") as handle:
+        obs = read_elem(handle["obs"])  # the cells' table, not the matrix
+        tables = [pd.read_csv(out / f"chunk_{i:05d}.tsv", sep="\t", keep_default_na=False, dtype={"cell": str})
+                  for i in range(n_chunks)]
+        table = pd.concat(tables, ignore_index=True)
+        if list(table["cell"]) != list(obs.index.astype(str)):
+            raise ValueError(f"{out} annotates other cells than {source}'s (or in another order).")
+        obs[key_added] = pd.Categorical(table["label"].to_numpy())
+        obs[f"{key_added}_score"] = table["score"].to_numpy(np.float32)
+        write_elem(handle, "obs", obs)
+        if "obsm" not in handle:
+            write_elem(handle, "obsm", {})
+        first = load_file(out / "chunk_00000.safetensors")
+        arrays = {f"X_{key_added}": "cell_embeddings", f"{key_added}_probabilities": "probabilities"}
+        for key, name in arrays.items():
+            dataset = handle["obsm"].create_dataset(key, shape=(settings["n_cells"], first[name].shape[1]),
+                                                    dtype="float32")
+            dataset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        start = 0
+        for i in range(n_chunks):
+            chunk = load_file(out / f"chunk_{i:05d}.safetensors")
+            stop = start + len(chunk["probabilities"])
+            for key, name in arrays.items():
+                handle["obsm"][key][start:stop] = chunk[name]
+            start = stop
+        if "uns" not in handle:
+            write_elem(handle, "uns", {})
+        write_elem(handle["uns"], key_added, {"labels": settings["labels"], **{key: settings[key] for key in (
+            "model", "threshold", "calibration_temperature", "scinterpreter_version")}})
+    os.replace(partial, target)
 
 
 if __name__ == "__main__":

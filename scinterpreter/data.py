@@ -14,10 +14,8 @@ logger = logging.getLogger(__name__)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def read_h5ad(path, backed=None):
-    """Reads an `.h5ad` file, with a clear error when the path is missing or not an AnnData file."""
-    import anndata
-
+def check_h5ad(path) -> Path:
+    """`path`, after a clear error if it is missing or not an AnnData (HDF5) file."""
     path = Path(path)
     if not path.is_file():
         raise ScInterpreterInputError(f"{path} does not exist: pass the path of an .h5ad file.")
@@ -26,7 +24,14 @@ def read_h5ad(path, backed=None):
             raise ScInterpreterInputError(
                 f"{path} is not an .h5ad file (no HDF5 signature). Save your data with `adata.write_h5ad(path)`."
             )
-    return anndata.read_h5ad(path, backed=backed)
+    return path
+
+
+def read_h5ad(path, backed=None):
+    """Reads an `.h5ad` file, with a clear error when the path is missing or not an AnnData file."""
+    import anndata
+
+    return anndata.read_h5ad(check_h5ad(path), backed=backed)
 
 
 def check_label_column(adata, label_column: str):

@@ -102,3 +102,47 @@ def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, s
     uncompiled, compiled = read_annotations(tmp_path / "older"), read_annotations(tmp_path / "compiled")
     assert list(uncompiled[1]) == list(compiled[1])
     np.testing.assert_allclose(uncompiled[3], compiled[3], rtol=0.05, atol=0.05)
+
+
+def test_a_layer_is_streamed_and_the_annotated_copy_written_without_reading_the_file_whole(
+        tmp_path, saved_tiny_model, monkeypatch):
+    import anndata
+    import pandas as pd
+    from scipy import sparse
+    from transformers import pipeline
+
+    counts = make_counts(n_cells=40, seed=5)
+    source = anndata.AnnData(np.log1p(counts), obs=pd.DataFrame({"donor": ["a", "b"] * 20},
+                                                                index=[f"c{i}" for i in range(40)]),
+                             var=pd.DataFrame(index=GENES), layers={"counts": sparse.csr_matrix(counts)},
+                             obsm={"X_pca": np.ones((40, 2), np.float32)}, uns={"mine": "kept"})
+    path = tmp_path / "cells.h5ad"
+    source.write_h5ad(path)
+    expected = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)(source,
+                                                                                                 layer="counts")
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("anndata.read_h5ad reads every layer whole: the streamed path must not call it")
+
+    monkeypatch.setattr(anndata, "read_h5ad", whole_file)
+    target = tmp_path / "annotated.h5ad"
+    main([str(path), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out"), "--chunk_size", "16",
+          "--layer", "counts", "--write_h5ad", str(target)])
+    monkeypatch.undo()
+    annotated = anndata.read_h5ad(target)
+    assert annotated.obs["scinterpreter"].tolist() == [r["label"] for r in expected]
+    np.testing.assert_allclose(annotated.obsm["scinterpreter_probabilities"], expected.probabilities, atol=1e-5)
+    np.testing.assert_allclose(annotated.obsm["X_scinterpreter"], expected.embeddings, atol=1e-5)
+    # Everything that was there is there unchanged.
+    np.testing.assert_array_equal(annotated.X, source.X)
+    np.testing.assert_array_equal(annotated.layers["counts"].toarray(), counts)
+    assert annotated.obs["donor"].tolist() == source.obs["donor"].tolist() and annotated.uns["mine"] == "kept"
+    np.testing.assert_array_equal(annotated.obsm["X_pca"], source.obsm["X_pca"])
+    with pytest.raises(ValueError, match="already has .*another --key_added"):
+        main([str(target), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out2"), "--chunk_size", "16",
+              "--layer", "counts", "--write_h5ad", str(tmp_path / "again.h5ad")])
+
+
+def test_an_unknown_layer_is_a_clear_error(h5ad, saved_tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="layer 'spliced' is not in .*layers: \\[\\]"):
+        annotate_h5ad(h5ad, saved_tiny_model, tmp_path / "out", layer="spliced")
