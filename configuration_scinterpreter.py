@@ -3,6 +3,7 @@
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
+UNASSIGNED_SCORES = ("max_probability", "energy")
 
 
 class ScInterpreterConfig(PretrainedConfig):
@@ -62,6 +63,13 @@ class ScInterpreterConfig(PretrainedConfig):
         calibration_temperature (`float`, *optional*):
             Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
             logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
+        unassigned_threshold (`float`, *optional*):
+            Fitted on the validation cells with the temperature: cells whose `unassigned_score` confidence falls
+            below it are called `"Unassigned"` by the pipeline's `threshold="auto"` (about 5% of the validation
+            cells fall below it). None: not fitted.
+        unassigned_score (`str`, *optional*, defaults to `"max_probability"`):
+            The confidence `unassigned_threshold` applies to: `"max_probability"` (the calibrated probability of
+            the best type) or `"energy"` (`T * logsumexp(logits / T)`, T the calibration temperature).
         adapter_only (`bool`, *optional*, defaults to `False`):
             Set by `save_pretrained(..., adapter_only=True)`: the folder holds only the trained weights, and
             `from_pretrained` loads the backbone from `backbone_name_or_path` and the gene table from
@@ -96,6 +104,8 @@ class ScInterpreterConfig(PretrainedConfig):
         lora_target_modules=("q_proj", "v_proj"),
         cell_pooling="class_token",
         calibration_temperature=None,
+        unassigned_threshold=None,
+        unassigned_score="max_probability",
         adapter_only=False,
         **kwargs,
     ):
@@ -133,6 +143,10 @@ class ScInterpreterConfig(PretrainedConfig):
         self.lora_target_modules = list(lora_target_modules)
         self.cell_pooling = cell_pooling
         self.calibration_temperature = calibration_temperature
+        if unassigned_score not in UNASSIGNED_SCORES:
+            raise ValueError(f"unassigned_score must be one of {UNASSIGNED_SCORES}, not {unassigned_score!r}.")
+        self.unassigned_threshold = unassigned_threshold
+        self.unassigned_score = unassigned_score
         self.adapter_only = adapter_only
         super().__init__(**kwargs)
 

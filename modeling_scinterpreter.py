@@ -561,6 +561,21 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             loss=loss, logits=logits, cell_embeddings=outputs.cell_embeddings, hidden_states=outputs.hidden_states
         )
 
+    def probabilities(self, logits: torch.Tensor) -> torch.FloatTensor:
+        """`softmax(logits / T)`, T the calibration temperature fitted on validation cells (1 where none was)."""
+        return (logits.float() / (self.config.calibration_temperature or 1.0)).softmax(-1)
+
+    def confidence(self, logits: torch.Tensor) -> torch.FloatTensor:
+        """
+        Per cell, how sure the model is that the cell is of a type it knows (higher: surer), as
+        `config.unassigned_score` defines it: the calibrated best probability, or the energy `T * logsumexp(logits
+        / T)`. `config.unassigned_threshold` is fitted on this score.
+        """
+        if self.config.unassigned_score == "energy":
+            temperature = self.config.calibration_temperature or 1.0
+            return temperature * torch.logsumexp(logits.float() / temperature, -1)
+        return self.probabilities(logits).max(-1).values
+
     @torch.no_grad()
     def gene_attributions(
         self,

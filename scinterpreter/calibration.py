@@ -51,3 +51,17 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int 
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     return [(float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
             for b in range(n_bins) if (bins == b).any()]
+
+
+UNASSIGNED_RATE = 0.05
+
+
+def fit_unassigned_threshold(confidences: np.ndarray, rate: float = UNASSIGNED_RATE) -> float:
+    """
+    The confidence below which a cell is called `Unassigned`: the `rate` quantile of the validation cells'
+    confidences, so that at most about `rate` of cells of the known types are flagged.
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    if not len(confidences):
+        raise ValueError("no validation cells to fit the Unassigned threshold on")
+    return float(np.quantile(confidences, rate, method="lower"))

@@ -99,6 +99,14 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
     calibration_text = ("Probabilities are calibrated: temperature {temperature} fitted on the validation cells; "
                         "expected calibration error (15 bins) on the test cells {test_ece_before:.3f} before, "
                         "{test_ece_after:.3f} after.".format(**calibration)) if "test_ece_after" in calibration else ""
+    if calibration.get("test_unassigned_fraction") is not None:
+        calibration_text += (
+            " With `threshold=\"auto\"` the pipeline calls a cell `Unassigned` when its {unassigned_score} falls "
+            "below {unassigned_threshold:.4g} (fitted on the validation cells): {flagged:.1%} of the test cells, "
+            "whose others are {kept:.1%} correct.".format(
+                unassigned_score=calibration["unassigned_score"].replace("_", " "),
+                unassigned_threshold=calibration["unassigned_threshold"],
+                flagged=calibration["test_unassigned_fraction"], kept=calibration["test_accuracy_of_assigned"] or 0))
     card = CARD_TEMPLATE.format(
         calibration=calibration_text,
         selection=selection,

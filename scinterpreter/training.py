@@ -104,7 +104,13 @@ class Recipe:
     calibrate: bool = field(
         default=True,
         metadata={"help": "Fit a temperature on the validation cells after training, so that the pipeline's "
-                          "probabilities mean what they say (stored as config.calibration_temperature)."},
+                          "probabilities mean what they say (stored as config.calibration_temperature), and the "
+                          "confidence under which a cell is called Unassigned (config.unassigned_threshold)."},
+    )
+    unassigned_score: str = field(
+        default="max_probability",
+        metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated) or "
+                          "energy (docs/benchmarks/unknown_types.md)."},
     )
 
 
@@ -339,7 +345,7 @@ def fit(
 
     calibration = {}
     if recipe.calibrate and len(validation):
-        calibration = calibrate(trainer, eval_sets[VALIDATION])
+        calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score)
     best_epoch = None
     if trainer.state.best_model_checkpoint is not None:
         best_step = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
@@ -352,18 +358,25 @@ def fit(
                      history=list(trainer.state.log_history), calibration=calibration)
 
 
-def calibrate(trainer, validation_cells) -> dict:
-    """Fits the temperature on the validation cells and stores it in the model's config."""
-    from .calibration import expected_calibration_error, fit_temperature, softmax
+def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability") -> dict:
+    """Fits the temperature on the validation cells, then the confidence under which a cell is called Unassigned
+    (about 5% of the validation cells fall below it), and stores both in the model's config."""
+    import torch
+
+    from .calibration import expected_calibration_error, fit_temperature, fit_unassigned_threshold, softmax
 
     prediction = trainer.predict(validation_cells, metric_key_prefix="calibration")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     temperature = round(fit_temperature(logits, prediction.label_ids), 4)
-    trainer.model.config.calibration_temperature = temperature
+    config = trainer.model.config
+    config.calibration_temperature, config.unassigned_score = temperature, unassigned_score
+    confidence = trainer.model.confidence(torch.as_tensor(logits)).numpy()
+    config.unassigned_threshold = round(fit_unassigned_threshold(confidence), 6)
     result = {"temperature": temperature,
               "validation_ece_before": round(expected_calibration_error(softmax(logits), prediction.label_ids), 4),
               "validation_ece_after": round(expected_calibration_error(softmax(logits, temperature),
-                                                                       prediction.label_ids), 4)}
+                                                                       prediction.label_ids), 4),
+              "unassigned_score": unassigned_score, "unassigned_threshold": config.unassigned_threshold}
     logger.info(f"calibration on {len(prediction.label_ids)} validation cells: {result}")
     return result
 

@@ -65,7 +65,7 @@ def test_threshold_and_empty_cells_give_unassigned(annotate, counts):
     counts[0] = 0
     results = annotate(counts, gene_names=GENES)
     assert results[0]["label"] == "Unassigned"
-    assert all(r["label"] == "Unassigned" for r in annotate(counts, gene_names=GENES, threshold=1.01))
+    assert all(r["label"] == "Unassigned" for r in annotate(counts, gene_names=GENES, threshold=1.0))
 
 
 def test_one_cell_as_a_dict(annotate, counts):
@@ -242,3 +242,84 @@ def test_majority_voting_in_the_users_clusters(annotate, adata):
     annotated = annotate(adata, majority_voting=True, over_clustering="louvain").adata
     with pytest.raises(ValueError, match="overwrite=True"):
         annotate(annotated, copy=False, majority_voting=True, over_clustering="louvain")
+
+
+def _with_config(folder, **changes):
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+
+
+def test_auto_threshold_without_a_fitted_one_is_a_clear_error(annotate, counts):
+    with pytest.raises(ValueError, match="threshold='auto' needs the Unassigned threshold"):
+        annotate(counts, gene_names=GENES, threshold="auto")
+
+
+@pytest.mark.parametrize("threshold", ["high", -0.1, 1.5, True])
+def test_a_threshold_that_is_not_a_probability_or_auto_is_a_clear_error(annotate, counts, threshold):
+    with pytest.raises(ValueError, match="threshold must be a probability between 0 and 1 or 'auto'"):
+        annotate(counts, gene_names=GENES, threshold=threshold)
+
+
+@pytest.mark.parametrize("score", ["max_probability", "energy"])
+def test_auto_threshold_flags_the_cells_below_the_fitted_confidence(saved_tiny_model, tiny_model, processor, counts,
+                                                                      adata, score):
+    logits = tiny_model(**processor(counts, gene_names=GENES)).logits.detach().float()
+    temperature = 2.0
+    confidence = ((logits / temperature).softmax(-1).max(-1).values if score == "max_probability"
+                  else temperature * torch.logsumexp(logits / temperature, -1)).numpy()
+    cut = float(np.median(confidence))
+    annotate = _with_config(saved_tiny_model, calibration_temperature=temperature, unassigned_threshold=cut,
+                            unassigned_score=score)
+    expected = confidence < cut
+    assert 0 < expected.sum() < len(counts)
+    for results in (annotate(counts, gene_names=GENES, threshold="auto"), annotate(adata, threshold="auto")):
+        assert [r["label"] == "Unassigned" for r in results] == expected.tolist()
+    record = annotate(adata, threshold="auto").adata.uns["scinterpreter"]
+    assert record["threshold"] == "auto" and record["unassigned_threshold"] == pytest.approx(cut)
+    assert record["unassigned_score"] == score
+    one_cell = annotate(dict(zip(GENES, counts[int(np.argmin(confidence))].tolist())), threshold="auto")
+    assert one_cell[0]["label"] == "Unassigned"
+
+
+def test_refit_reference_annotates_as_a_processor_fitted_on_the_given_cells(tmp_path, tiny_model):
+    from scinterpreter.build import save_model_folder
+    from processing_scinterpreter import ScInterpreterProcessor
+
+    from conftest import make_counts
+
+    training, batch = make_counts(60, seed=1), make_counts(60, seed=2) * np.linspace(0.2, 3, len(GENES))
+    fitted = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, gene_selection="excess").fit(training,
+                                                                                                   gene_names=GENES)
+    folder = save_model_folder(tiny_model, fitted, tmp_path / "model")
+    annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+
+    def genes_shown(processor):
+        inputs = processor(batch, gene_names=GENES, return_tensors="np")
+        return [{GENES[i] for i, kept in zip(ids, mask) if kept} for ids, mask in
+                zip(inputs["gene_ids"], inputs["gene_mask"])]
+
+    # explain=8 lists every one of a cell's 8 soft-token genes: the genes the model was shown.
+    shown = lambda results: [{gene["gene"] for gene in result["genes"]} for result in results]  # noqa: E731
+    refitted = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, gene_selection="excess").fit(batch,
+                                                                                                     gene_names=GENES)
+    assert shown(annotate(batch, gene_names=GENES, refit_reference=True, explain=8)) == genes_shown(refitted)
+    assert shown(annotate(batch, gene_names=GENES, explain=8)) == genes_shown(fitted) != genes_shown(refitted)
+    # The pipeline's own processor keeps the training reference.
+    assert annotate.processor.reference_means == fitted.reference_means
+
+
+def test_refit_reference_refuses_few_cells_and_expression_selection(annotate, tmp_path, tiny_model, counts):
+    from scinterpreter.build import save_model_folder
+    from processing_scinterpreter import ScInterpreterProcessor
+
+    with pytest.raises(ValueError, match="leave refit_reference out"):
+        annotate(counts, gene_names=GENES, refit_reference=True)  # this model ranks genes by expression
+    fitted = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, gene_selection="excess").fit(counts,
+                                                                                                   gene_names=GENES)
+    excess = pipeline("cell-annotation", model=str(save_model_folder(tiny_model, fitted, tmp_path / "m")),
+                      trust_remote_code=True)
+    with pytest.raises(ValueError, match="12 cells are too few"):
+        excess(counts, gene_names=GENES, refit_reference=True)

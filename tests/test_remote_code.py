@@ -14,18 +14,22 @@ from conftest import GENES
 
 REQUIRED = ["torch", "transformers", "safetensors"]
 
-LOADER = """
-import json, sys
-import numpy as np
-import torch
-from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
-folder, cells = sys.argv[1], json.load(open(sys.argv[2]))
+# The first lines of every loader script: it fails unless the environment really is bare.
+ONLY_TORCH_TRANSFORMERS_SAFETENSORS = """
 for blocked in ("anndata", "pandas", "scipy", "sklearn", "scinterpreter", "modeling_scinterpreter"):
     try:
         __import__(blocked)
         raise SystemExit(f"{blocked} should not be importable here")
     except ImportError:
         pass
+"""
+
+LOADER = ONLY_TORCH_TRANSFORMERS_SAFETENSORS + """
+import json, sys
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
+folder, cells = sys.argv[1], json.load(open(sys.argv[2]))
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_tiny_backbone
 
 from scinterpreter.training import (
@@ -152,6 +153,11 @@ def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone
     logits = result.model.eval()(**result.processor(cells[validation], gene_names=GENES)).logits.detach().numpy()
     references = [result.label2id[label] for label in labels[validation]]
     assert temperature == pytest.approx(fit_temperature(logits, references), rel=1e-3)
+    # The Unassigned threshold: about 5% of the validation cells (at least one) fall below it, none far more.
+    threshold = result.model.config.unassigned_threshold
+    assert threshold == result.calibration["unassigned_threshold"]
+    confidence = result.model.confidence(torch.as_tensor(logits)).numpy()
+    assert 0 < np.mean(confidence <= threshold) and np.mean(confidence < threshold) <= 0.05
     unscaled = fit(cells, labels, tiny_recipe(backbone, calibrate=False), tiny_args(tmp_path), gene_names=GENES)
     assert unscaled.calibration == {} and unscaled.model.config.calibration_temperature is None
 
