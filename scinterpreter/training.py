@@ -292,8 +292,13 @@ def fit(
     """
     from .trainer import ScInterpreterTrainer
 
+    from configuration_scinterpreter import UNASSIGNED_SCORES
+
     recipe = recipe or Recipe()
     training_args = training_args or ScInterpreterTrainingArguments()
+    if recipe.unassigned_score not in UNASSIGNED_SCORES:
+        raise ScInterpreterInputError(f"unassigned_score must be one of {UNASSIGNED_SCORES}, "
+                                      f"got {recipe.unassigned_score!r}.")
     labels = np.asarray(labels).astype(str)
     n_cells = getattr(expression, "shape", (len(labels),))[0]
     if len(labels) != n_cells:

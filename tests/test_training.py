@@ -175,3 +175,11 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     before = expected_calibration_error(softmax(overconfident), labels)
     after = expected_calibration_error(softmax(overconfident, temperature), labels)
     assert before > 0.15 and after < 0.05
+
+
+def test_an_unknown_unassigned_score_is_a_clear_error_before_training(tmp_path, backbone):
+    from processing_scinterpreter import ScInterpreterInputError
+
+    cells, labels = marker_cells()
+    with pytest.raises(ScInterpreterInputError, match="unassigned_score must be one of"):
+        fit(cells, labels, tiny_recipe(backbone, unassigned_score="distance"), tiny_args(tmp_path), gene_names=GENES)

@@ -1,0 +1,202 @@
+"""Can scInterpreter say "I don't know this cell type"? Each of three cell types is left out of training in turn (on
+Baron human and PBMC 3k), a model is trained by the product's `fit` on the remaining training cells, and every
+cell of the left-out type (none of which was trained on) should come out `Unassigned`, while the test cells of
+the known types should keep their label.
+
+    python benchmarks/unknown_types.py            # 6 trainings, ~45 min on 2 CPU cores; then the report
+    python benchmarks/unknown_types.py --report   # the report again from the saved per-cell outputs
+
+For every run it saves the logits and cell embeddings of the training, validation, test and left-out cells
+(outputs/unknown_types/*.safetensors) and scores four "unknown" scores: the calibrated maximum probability, the
+energy (the temperature-scaled log-sum-exp of the logits), the cosine distance of the cell's embedding to the
+nearest known type's mean training embedding, and its mean cosine distance to its 10 nearest training cells. For each: AUROC for telling the left-out cells from the known test
+cells, and, at the automatic threshold the product fits on the validation cells
+(`scinterpreter.calibration.fit_unassigned_threshold`), how many left-out cells are flagged and how many known test
+cells are wrongly flagged. Writes docs/benchmarks/unknown_types.{json,md}.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from splits import REPO, load_split, splits  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+LEFT_OUT = {
+    "baron_human_pancreas": ["ductal", "delta", "activated_stellate"],
+    "pbmc3k_clustifyr": ["B", "NK", "FCGR3A+ Mono"],
+}
+OUT = REPO / "outputs" / "unknown_types"
+
+
+def run_name(dataset, cell_type):
+    return f"{dataset}__{cell_type.replace(' ', '_').replace('+', 'p')}"
+
+
+def forward(model, processor, expression, batch_size=64):
+    """Logits and cell embeddings of `expression`'s cells."""
+    import torch
+
+    inputs = processor(expression, return_tensors="pt")
+    logits, embeddings = [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(inputs["gene_ids"]), batch_size):
+            outputs = model(**{k: v[start:start + batch_size] for k, v in inputs.items()})
+            logits.append(outputs.logits.float())
+            embeddings.append(outputs.cell_embeddings.float())
+    return torch.cat(logits), torch.cat(embeddings)
+
+
+def train_one(dataset, cell_type, seed):
+    from safetensors.torch import save_file
+    from transformers import set_seed
+
+    from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
+
+    (dataset, split, split_file, fold), = [s for s in splits([dataset]) if s[1] == "fixed"]
+    adata, labels, train, test = load_split(dataset, split_file, fold)
+    known_train = train[labels[train] != cell_type]
+    left_out = np.concatenate([train, test])[labels[np.concatenate([train, test])] == cell_type]
+    known_test = test[labels[test] != cell_type]
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = ScInterpreterTrainingArguments(output_dir=output_dir, seed=seed, disable_tqdm=True,
+                                              logging_strategy="epoch")
+        set_seed(seed)
+        result = fit(adata[known_train], labels[known_train], Recipe(), args)
+    validation = known_train[result.validation_cells]
+    fitted_train = np.setdiff1d(known_train, validation)
+    tensors, label_ids = {}, {}
+    for name, positions in (("train", fitted_train), ("validation", validation), ("test", known_test),
+                            ("left_out", left_out)):
+        logits, embeddings = forward(result.model, result.processor, adata[positions])
+        tensors[f"{name}.logits"], tensors[f"{name}.embeddings"] = logits.contiguous(), embeddings.contiguous()
+        label_ids[name] = [result.label2id.get(label, -1) for label in labels[positions]]
+    import torch
+
+    for name, ids in label_ids.items():
+        tensors[f"{name}.labels"] = torch.tensor(ids)
+    metadata = {"dataset": dataset, "left_out": cell_type, "seed": str(seed),
+                "temperature": str(result.model.config.calibration_temperature or 1.0),
+                "unassigned_threshold": str(getattr(result.model.config, "unassigned_threshold", None)),
+                "classes": json.dumps(list(result.label2id)), "train_seconds": f"{result.train_seconds:.1f}"}
+    OUT.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, OUT / f"{run_name(dataset, cell_type)}.safetensors", metadata=metadata)
+    print(f"{dataset} without {cell_type}: {result.train_seconds:.0f} s of training", flush=True)
+
+
+def scores(outputs, temperature, centroids, train_embeddings, k=10):
+    """Per cell, higher = more likely a type the model does not know."""
+    import torch
+
+    logits, embeddings = outputs["logits"], outputs["embeddings"]
+    probabilities = (logits / temperature).softmax(-1)
+    normalised = torch.nn.functional.normalize(embeddings, dim=-1)
+    return {
+        "max_probability": (1 - probabilities.max(-1).values).numpy(),
+        "energy": (-temperature * torch.logsumexp(logits / temperature, -1)).numpy(),
+        "embedding_distance": (1 - (normalised @ centroids.T).max(-1).values).numpy(),
+        "knn_distance": (1 - (normalised @ train_embeddings.T).topk(k, dim=-1).values.mean(-1)).numpy(),
+    }
+
+
+def report():
+    import torch
+    from safetensors import safe_open
+    from sklearn.metrics import roc_auc_score
+
+    from scinterpreter.calibration import fit_unassigned_threshold
+
+    rows = []
+    for path in sorted(OUT.glob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        parts = {name: {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(name + ".")}
+                 for name in ("train", "validation", "test", "left_out")}
+        temperature = float(metadata["temperature"])
+        train_embeddings = torch.nn.functional.normalize(parts["train"]["embeddings"], dim=-1)
+        train_labels = parts["train"]["labels"]
+        centroids = torch.nn.functional.normalize(torch.stack(
+            [train_embeddings[train_labels == label].mean(0) for label in train_labels.unique()]), dim=-1)
+        per_part = {name: scores(parts[name], temperature, centroids, train_embeddings)
+                    for name in ("validation", "test", "left_out")}
+        test_correct = (parts["test"]["logits"].argmax(-1) == parts["test"]["labels"]).numpy()
+        row = {"dataset": metadata["dataset"], "left_out": metadata["left_out"], "seed": int(metadata["seed"]),
+               "n_left_out": len(parts["left_out"]["labels"]), "n_known_test": len(parts["test"]["labels"]),
+               "known_test_accuracy": round(float(test_correct.mean()), 4),
+               "train_seconds": float(metadata["train_seconds"]), "scores": {}}
+        for score in per_part["test"]:
+            known, unknown = per_part["test"][score], per_part["left_out"][score]
+            threshold = fit_unassigned_threshold(-per_part["validation"][score])
+            flagged_known, flagged_unknown = known > -threshold, unknown > -threshold
+            row["scores"][score] = {
+                "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(unknown))],
+                                                   np.r_[known, unknown])), 4),
+                "left_out_flagged": round(float(flagged_unknown.mean()), 4),
+                "known_flagged": round(float(flagged_known.mean()), 4),
+                "known_correct_flagged": round(float(flagged_known[test_correct].mean()), 4),
+                "known_accuracy_of_kept": round(float(test_correct[~flagged_known].mean()), 4),
+            }
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"no saved runs in {OUT}: run without --report first")
+    names = list(rows[0]["scores"])
+    mean = {score: {key: round(float(np.mean([row["scores"][score][key] for row in rows])), 4)
+                    for key in rows[0]["scores"][score]} for score in names}
+    (REPO / "docs/benchmarks/unknown_types.json").write_text(json.dumps(
+        {"date": str(date.today()), "command": "python benchmarks/unknown_types.py", "runs": rows, "mean": mean},
+        indent=1) + "\n")
+    lines = [
+        "# Unknown cell types: leave one type out of training",
+        "",
+        f"`python benchmarks/unknown_types.py` ({date.today()}, this CPU): for each dataset's fixed split, one cell "
+        "type at a time is removed from the training cells and the default recipe is trained (seed 0) on the rest. "
+        "The left-out type's cells (all of them, training and test split: the model saw none) should be flagged; "
+        "the known types' test cells should not. The threshold is the product's automatic one "
+        "(`fit_unassigned_threshold` on the validation cells: it flags at most 5% of them).",
+        "",
+        "| dataset | left out (cells) | known test acc | " + " | ".join(
+            f"{score}: AUROC / left out flagged / known flagged" for score in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for row in rows:
+        lines.append(f"| {row['dataset']} | {row['left_out']} ({row['n_left_out']}) | {row['known_test_accuracy']:.3f} | "
+                     + " | ".join("{auroc:.3f} / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
+                         **row["scores"][score]) for score in names) + " |")
+    lines.append("| **mean** | | | " + " | ".join("**{auroc:.3f}** / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
+        **mean[score]) for score in names) + " |")
+    lines += ["", "Higher AUROC: the score tells the left-out cells from the known ones better. Known flagged: known "
+              "test cells that would come out `Unassigned` at the automatic threshold (some of them misclassified "
+              "anyway: see `known_correct_flagged` and `known_accuracy_of_kept` in the JSON)."]
+    (REPO / "docs/benchmarks/unknown_types.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report", action="store_true", help="only the report, from the saved runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--datasets", nargs="*", default=list(LEFT_OUT))
+    args = parser.parse_args(argv)
+    if not args.report:
+        for dataset in args.datasets:
+            for cell_type in LEFT_OUT[dataset]:
+                if (OUT / f"{run_name(dataset, cell_type)}.safetensors").exists():
+                    continue
+                started = time.perf_counter()
+                train_one(dataset, cell_type, args.seed)
+                print(f"  {time.perf_counter() - started:.0f} s in all", flush=True)
+    report()
+
+
+if __name__ == "__main__":
+    main()
