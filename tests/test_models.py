@@ -65,20 +65,26 @@ print(json.dumps({"class": type(model).__name__, "labels": [r["label"] for r in 
 """
 
 
+DATASETS = {"pancreas-human": "baron_human_pancreas", "pancreas-mouse": "baron_mouse_pancreas",
+            "pbmc-human": "pbmc3k_clustifyr"}
+
+
 @pytest.mark.integration
-def test_pancreas_human_annotates_its_held_out_cells_as_its_card_says_in_a_bare_environment(tmp_path):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_annotates_its_held_out_cells_as_its_card_says_in_a_bare_environment(tmp_path, name):
     """With only torch, transformers and safetensors importable (plus the cached backbone and gene table), the
-    shipped model reproduces its card's test accuracy on the cells it never saw."""
+    shipped model loads through AutoModel and the pipeline and reproduces its card's test accuracy on the cells it
+    never saw."""
     import anndata
     from scipy import sparse
 
-    adata = anndata.read_h5ad(shared_file("scrna", "baron_human_pancreas.h5ad"))
-    adata = adata[zoo.held_out_cells("pancreas-human")]
+    adata = anndata.read_h5ad(shared_file("scrna", f"{DATASETS[name]}.h5ad"))
+    adata = adata[zoo.held_out_cells(name)]
     matrix = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
     np.save(tmp_path / "cells.npy", matrix.astype(np.float32))
     (tmp_path / "genes.json").write_text(json.dumps(list(adata.var_names)))
     (tmp_path / "load.py").write_text(LOADER)
-    folder = zoo.path("pancreas-human")  # converts the backbone and embeds the gene table if not cached yet
+    folder = zoo.path(name)  # converts the backbone and embeds the gene table if not cached yet
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     env.update(PYTHONPATH=str(make_minimal_site(tmp_path / "site")), HF_HUB_OFFLINE="1",
                HF_MODULES_CACHE=str(tmp_path / "modules"))
@@ -89,6 +95,6 @@ def test_pancreas_human_annotates_its_held_out_cells_as_its_card_says_in_a_bare_
     assert loaded["class"] == "ScInterpreterForCellAnnotation"
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     accuracy = float(np.mean(np.array(loaded["labels"]) == truth))
-    card = json.loads((zoo.ZOO / "pancreas-human" / "metrics.json").read_text())["test"]["accuracy"]
+    card = json.loads((zoo.ZOO / name / "metrics.json").read_text())["test"]["accuracy"]
     # The card was measured in the backbone dtype of the training machine; bf16 and fp32 may flip a cell or two.
     assert abs(accuracy - card) <= 0.015, (accuracy, card)
