@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "scrna"
 
-from scinterpreter.models import MODEL_FILES, ZOO  # noqa: E402
+from scinterpreter.models import MODEL_FILES, PROCESSOR_REFERENCE, REBUILT_PROCESSOR_KEYS, ZOO  # noqa: E402
 
 MODELS = {
     "pancreas-human": {"dataset": "baron_human_pancreas", "species": "human", "tissue": "pancreas",
@@ -64,7 +64,12 @@ def install(name: str, output_root: Path, record: dict) -> dict:
     split = json.loads((SHARED / "splits" / f"{entry['dataset']}.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
+    processor = json.loads((output_dir / "preprocessor_config.json").read_text())
+    reference = {key: value for key, value in processor.items() if key not in REBUILT_PROCESSOR_KEYS}
+    (target / PROCESSOR_REFERENCE).write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
     for item in MODEL_FILES:
+        if item == PROCESSOR_REFERENCE:
+            continue
         text_or_bytes = (output_dir / item).read_bytes()
         if item.endswith((".json", ".md")):
             text = _portable(text_or_bytes.decode())

@@ -98,3 +98,12 @@ def test_a_shipped_model_annotates_its_held_out_cells_as_its_card_says_in_a_bare
     card = json.loads((zoo.ZOO / name / "metrics.json").read_text())["test"]["accuracy"]
     # The card was measured in the backbone dtype of the training machine; bf16 and fp32 may flip a cell or two.
     assert abs(accuracy - card) <= 0.015, (accuracy, card)
+
+
+def test_path_rebuilds_the_processor_vocabulary_that_the_model_indexes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path))
+    folder = zoo.path("pancreas-mouse", prepare=False)
+    processor = json.loads(open(os.path.join(folder, "preprocessor_config.json")).read())
+    config = json.loads((zoo.ZOO / "pancreas-mouse" / "config.json").read_text())
+    assert len(processor["gene_vocab"]) == config["gene_vocab_size"]
+    assert processor["reference_means"] and processor["ortholog_map"]["Ins1"] == "INS"

@@ -1,6 +1,7 @@
 """
 Ready-made models shipped in the package: adapter-only model folders (the trained projector, class token and head,
-~2.4 MB each, with the processor's gene vocabulary and reference profile), trained by the default recipe on the
+~2.5 MB each, and the processor's settings and reference profile; its gene vocabulary and name maps, 5 MB of JSON,
+are rebuilt from the installed gene tables by `path()`), trained by the default recipe on the
 shared splits by `scripts/train_model_zoo.py` (records: docs/benchmarks/model_zoo.md).
 
     >>> import scinterpreter.models
@@ -23,7 +24,11 @@ from pathlib import Path
 ZOO = Path(__file__).resolve().parent
 # What a shipped folder holds; the code files are added from the installed package by `path()`, so that a model
 # always runs the code it was installed with and the repository keeps one copy of it.
-MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "metrics.json")
+MODEL_FILES = ("config.json", "model.safetensors", "processor_reference.json", "README.md", "metrics.json")
+PROCESSOR_REFERENCE = "processor_reference.json"
+# The processor config's entries that the installed package rebuilds (the vocabulary and its name maps): the same
+# for every model, so they are not shipped with each.
+REBUILT_PROCESSOR_KEYS = ("gene_vocab", "alias_map", "ensembl_map", "entrez_map", "ortholog_map")
 CODE_MODULES = ("configuration_scinterpreter", "modeling_scinterpreter", "processing_scinterpreter",
                 "pipeline_scinterpreter")
 
@@ -100,13 +105,25 @@ def path(name: str, prepare: bool = True) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         for item in MODEL_FILES:
-            shutil.copy(source / item, partial / item)
+            if item != PROCESSOR_REFERENCE:
+                shutil.copy(source / item, partial / item)
+        processor = processor_config(json.loads((source / PROCESSOR_REFERENCE).read_text()))
+        (partial / "preprocessor_config.json").write_text(json.dumps(processor, indent=2, sort_keys=True) + "\n")
         for file_name, origin in code.items():
             shutil.copy(origin, partial / file_name)
         partial.rename(target)
     if prepare:
         _prepare_frozen_parts(json.loads((target / "config.json").read_text()))
     return str(target)
+
+
+def processor_config(reference: dict) -> dict:
+    """The full `preprocessor_config.json` from a shipped `processor_reference.json`: the gene vocabulary and its
+    alias, ID and ortholog maps come from the installed gene tables, as `build_processor` makes them at training."""
+    from ..genes import load_gene_descriptions, load_gene_id_maps
+
+    vocab = builtins.list(load_gene_descriptions(reference["species"])["symbol"])
+    return {**reference, "gene_vocab": vocab, **load_gene_id_maps(vocab)}
 
 
 def _prepare_frozen_parts(config: dict):
