@@ -49,6 +49,10 @@ class ScInterpreterConfig(PretrainedConfig):
             about 0.14), so the backbone reads gene tokens at the scale of the text tokens it was trained on.
         gene_offsets (`bool`, *optional*, defaults to `False`):
             Whether a trainable per-gene vector is added to the frozen text embeddings (beyond the paper).
+        gene_dropout (`float`, *optional*, defaults to 0.0):
+            In training only, the share of each cell's genes left out of its soft tokens at random (each gene
+            independently, one always kept), the rest moved up in order: an augmentation against the sampling
+            noise of single-cell counts (beyond the paper). No effect in evaluation or inference.
         lora_rank (`int`, *optional*, defaults to 0):
             Rank of the trained low-rank adapters (LoRA) added to the frozen backbone's `lora_target_modules` in
             every layer (beyond the paper); 0 adds none.
@@ -99,6 +103,7 @@ class ScInterpreterConfig(PretrainedConfig):
         class_weights=None,
         soft_token_rms=None,
         gene_offsets=False,
+        gene_dropout=0.0,
         lora_rank=0,
         lora_alpha=16.0,
         lora_target_modules=("q_proj", "v_proj"),
@@ -138,6 +143,9 @@ class ScInterpreterConfig(PretrainedConfig):
             raise ValueError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
         self.soft_token_rms = soft_token_rms
         self.gene_offsets = gene_offsets
+        if not 0.0 <= float(gene_dropout) < 1.0:
+            raise ValueError(f"gene_dropout is a share of each cell's genes in [0, 1), not {gene_dropout!r}.")
+        self.gene_dropout = float(gene_dropout)
         self.lora_rank = int(lora_rank)
         self.lora_alpha = float(lora_alpha)
         self.lora_target_modules = list(lora_target_modules)

@@ -421,6 +421,15 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
             soft_tokens = soft_tokens * (self.config.soft_token_rms / rms)
         return soft_tokens
 
+    def drop_genes(self, gene_ids, gene_values, gene_mask):
+        """Leaves out each real gene with probability `config.gene_dropout` (each cell keeps its first gene) and
+        moves the kept genes up, in their order, so that real genes still come first."""
+        real = gene_mask.bool()
+        keep = real & (torch.rand(gene_ids.shape, device=gene_ids.device) >= self.config.gene_dropout)
+        keep[:, 0] |= real[:, 0]
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+        return gene_ids.gather(1, order), gene_values.gather(1, order), keep.gather(1, order).to(gene_mask.dtype)
+
     def get_instruction_cache(self, batch_size: int):
         """
         Keys and values of the instruction, computed once and shared by every cell: the backbone is frozen and
@@ -486,6 +495,8 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         batch_size, n_genes = gene_ids.shape
         if gene_mask is None:
             gene_mask = torch.ones_like(gene_ids)
+        if self.training and self.config.gene_dropout > 0:
+            gene_ids, gene_values, gene_mask = self.drop_genes(gene_ids, gene_values, gene_mask)
         n_real = gene_mask.to(torch.long).sum(-1)
 
         soft_tokens = self.get_gene_features(gene_ids, gene_values)

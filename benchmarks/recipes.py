@@ -42,6 +42,7 @@ OPTIONS = {
     "balance": {"class_balance": 0.5},
     "balance_full": {"class_balance": 1.0},
     "lora8": {"lora_rank": 8},
+    "gene_dropout25": {"gene_dropout": 0.25},
     "ep6": {"num_train_epochs": 6},
     "ep24": {"num_train_epochs": 24},
     "lr1e-3": {"learning_rate": 1e-3},

@@ -70,6 +70,11 @@ class Recipe:
         default=False,
         metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper)."},
     )
+    gene_dropout: float = field(
+        default=0.0,
+        metadata={"help": "In training only, the share of each cell's genes left out of its soft tokens at random "
+                          "(an augmentation; beyond the paper)."},
+    )
     lora_rank: int = field(
         default=0, metadata={"help": "Rank of low-rank adapters on the backbone's q and v projections (0: none)."}
     )
@@ -219,6 +224,7 @@ def build_model_from_recipe(recipe: Recipe, classes, class_weights=None, device=
         class_weights=class_weights,
         soft_token_rms=recipe.soft_token_rms,
         gene_offsets=recipe.gene_offsets,
+        gene_dropout=recipe.gene_dropout,
         lora_rank=recipe.lora_rank,
         lora_alpha=recipe.lora_alpha,
         cell_pooling=recipe.cell_pooling,

@@ -192,3 +192,32 @@ def test_gene_attributions_are_the_logit_drop_when_one_gene_is_left_out(tiny_mod
     without = tiny_model(**one).logits
     target = full[cell].argmax()
     torch.testing.assert_close(attributions[cell, gene], full[cell, target] - without[0, target], atol=1e-5, rtol=1e-5)
+
+
+def test_gene_dropout_leaves_genes_out_in_training_only(processor, counts):
+    model = make_tiny_model(gene_dropout=0.5, head_dropout=0.0)  # the only randomness in training mode
+    inputs = batch(processor, counts)
+    reference = make_tiny_model(head_dropout=0.0)
+    torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits)  # eval: no effect
+
+    torch.manual_seed(0)
+    ids, values, mask = model.model.drop_genes(inputs["gene_ids"], inputs["gene_values"], inputs["gene_mask"])
+    real = inputs["gene_mask"].bool()
+    kept = mask.bool()
+    assert kept.sum() < real.sum() and (kept.sum(1) >= 1).all()
+    assert (kept.long().diff(dim=1) <= 0).all()  # kept genes first
+    for row in range(len(ids)):
+        original = inputs["gene_ids"][row][real[row]].tolist()
+        survivors = ids[row][kept[row]].tolist()
+        assert survivors[0] == original[0]
+        assert survivors == [gene for gene in original if gene in survivors]  # order kept
+        pairs = dict(zip(inputs["gene_ids"][row].tolist(), inputs["gene_values"][row].tolist()))
+        assert all(pairs[gene] == value for gene, value in zip(survivors, values[row][kept[row]].tolist()))
+
+    model.train()
+    torch.manual_seed(1)
+    first = model(**inputs).logits
+    torch.manual_seed(2)
+    assert not torch.allclose(first, model(**inputs).logits)
+    with pytest.raises(ValueError, match="gene_dropout"):
+        make_tiny_model(gene_dropout=1.0)
