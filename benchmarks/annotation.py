@@ -2,7 +2,7 @@
 expression (L2 and L1), GenePT-w (kNN and logistic regression), and scInterpreter runs of the product's own
 training code (`benchmarks/recipes.py` records, one per seed, reported as the mean over seeds).
 
-    python benchmarks/annotation.py --records docs/benchmarks/recipes_cpu_2026-11-26.jsonl
+    python benchmarks/annotation.py --records benchmarks/records/recipes_cpu_2026-11-26.jsonl
     python benchmarks/annotation.py --reuse_baselines docs/benchmarks/results.json --records ...
 
 Splits: the 7 fixed splits of ../shared/data/scrna/splits and the 3 leave-one-batch-out folds of PBMC 3-batch.

@@ -2,7 +2,7 @@
 appends one JSON record per run (dataset, split, option, seed, test accuracy / macro-F1, per-epoch validation and
 test metrics, the epoch kept): the screening and reporting tool for recipes and ablations.
 
-    python benchmarks/recipes.py --options default --seeds 0 1 2 --out docs/benchmarks/recipes_cpu.jsonl
+    python benchmarks/recipes.py --options default --seeds 0 1 2 --out benchmarks/records/recipes_cpu.jsonl
     python benchmarks/recipes.py --options default offsets balance --splits baron_human_pancreas lobo_3pv1 --workers 2
     python benchmarks/recipes.py --bundle .device_bundle --options ... --workers 12 --deadline 480   # a lent GPU
 
