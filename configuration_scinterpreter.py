@@ -1,9 +1,15 @@
-"""scInterpreter model configuration."""
+"""scInterpreter model configuration, and the error every remote-code file raises for input it cannot use."""
 
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
 UNASSIGNED_SCORES = ("max_probability", "energy")
+
+
+# Defined here, in the one module every remote-code file imports, so that modeling and loading need not import the
+# processor for it; `processing_scinterpreter` re-exports it under the same name.
+class ScInterpreterInputError(ValueError):
+    """Input scInterpreter cannot use (data, options, model folders); the message says what is wrong and the fix."""
 
 
 class ScInterpreterConfig(PretrainedConfig):
@@ -159,4 +165,4 @@ class ScInterpreterConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-__all__ = ["ScInterpreterConfig", "DEFAULT_INSTRUCTION"]
+__all__ = ["ScInterpreterConfig", "ScInterpreterInputError", "DEFAULT_INSTRUCTION"]

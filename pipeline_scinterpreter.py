@@ -8,11 +8,11 @@ from transformers import AutoProcessor, Pipeline
 from transformers.utils.logging import tqdm
 
 try:
-    from .modeling_scinterpreter import select_backbone_dtype
-    from .processing_scinterpreter import ScInterpreterInputError
+    from .configuration_scinterpreter import ScInterpreterInputError
+    from .loading_scinterpreter import select_backbone_dtype
 except ImportError:  # imported as a top-level module rather than as Hub remote code
-    from modeling_scinterpreter import select_backbone_dtype
-    from processing_scinterpreter import ScInterpreterInputError
+    from configuration_scinterpreter import ScInterpreterInputError
+    from loading_scinterpreter import select_backbone_dtype
 
 logger = logging.getLogger(__name__)
 

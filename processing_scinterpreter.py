@@ -13,6 +13,11 @@ import numpy as np
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils.logging import tqdm
 
+try:
+    from .configuration_scinterpreter import ScInterpreterInputError
+except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
+    from configuration_scinterpreter import ScInterpreterInputError
+
 logger = logging.getLogger(__name__)
 
 MATCH_RULES = ("exact", "case", "alias", "ensembl", "entrez", "ortholog")
@@ -33,10 +38,6 @@ ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
 def _exclude_pattern(exclude_genes: str) -> re.Pattern:
     """`exclude_genes` (a preset name or a regular expression) as a case-insensitive pattern."""
     return re.compile(EXCLUDE_PRESETS.get(exclude_genes, exclude_genes), re.IGNORECASE)
-
-
-class ScInterpreterInputError(ValueError):
-    """Input the processor cannot annotate; the message says what was wrong and how to fix it."""
 
 
 @dataclass

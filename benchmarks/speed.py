@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling_scinterpreter import select_backbone_dtype  # noqa: E402
+from loading_scinterpreter import select_backbone_dtype  # noqa: E402
 from scinterpreter.build import build_model  # noqa: E402
 
 

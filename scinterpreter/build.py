@@ -7,16 +7,19 @@ from pathlib import Path
 import torch
 
 from configuration_scinterpreter import DEFAULT_INSTRUCTION, ScInterpreterConfig
-from modeling_scinterpreter import ScInterpreterForCellAnnotation, backbone_fingerprint, select_backbone_dtype
+from loading_scinterpreter import backbone_fingerprint, select_backbone_dtype
+from modeling_scinterpreter import ScInterpreterForCellAnnotation
 from processing_scinterpreter import ScInterpreterProcessor
 
 from .backbone import DEFAULT_BACKBONE, load_backbone
 from .genes import GeneTable, build_gene_table, load_gene_id_maps
+from .safety import REMOTE_CODE_FILES
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_TASK = "cell-annotation"
-PIPELINE_FILE = Path(__file__).resolve().parent.parent / "pipeline_scinterpreter.py"
+CODE_DIR = Path(__file__).resolve().parent.parent
+PIPELINE_FILE = CODE_DIR / "pipeline_scinterpreter.py"
 
 
 def register_auto_classes(config: ScInterpreterConfig):
@@ -44,6 +47,11 @@ def save_model_folder(model, processor, folder, state_dict=None, adapter_only=Fa
     if processor is not None:
         processor.save_pretrained(folder)
     shutil.copy(PIPELINE_FILE, folder / PIPELINE_FILE.name)
+    # `save_pretrained` copies the model's and the processor's code files and what they import; what is still
+    # missing (the processor's file when no processor is saved) comes from here, so every folder holds all of them.
+    for name in REMOTE_CODE_FILES:
+        if not (folder / name).is_file():
+            shutil.copy(CODE_DIR / name, folder / name)
     return folder
 
 

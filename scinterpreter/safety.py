@@ -3,15 +3,15 @@
 import ast
 from pathlib import Path
 
-REMOTE_CODE_FILES = ("configuration_scinterpreter.py", "modeling_scinterpreter.py", "processing_scinterpreter.py",
-                     "pipeline_scinterpreter.py")
+REMOTE_CODE_FILES = ("configuration_scinterpreter.py", "modeling_scinterpreter.py", "loading_scinterpreter.py",
+                     "processing_scinterpreter.py", "pipeline_scinterpreter.py")
 FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "httpx", "aiohttp", "ftplib", "smtplib",
                      "webbrowser", "huggingface_hub", "pickle", "dill", "marshal", "shelve", "joblib", "ctypes",
                      "multiprocessing", "pty", "shutil"}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "os.system", "os.popen", "os.execv", "os.execve",
                    "os.spawnv", "os.fork", "os.remove", "os.unlink", "os.rmdir", "torch.load", "np.load",
                    "numpy.load", "urlopen"}
-# The only function that reads a file itself: the model folder's config.json and weight headers.
+# The only function that reads a file itself (loading_scinterpreter.py): the folder's config.json and weight headers.
 FILE_READERS = {"_check_model_folder"}
 REPO = Path(__file__).resolve().parent.parent
 

@@ -204,7 +204,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int):
 
 def build_model_from_recipe(recipe: Recipe, classes, class_weights=None, device="cpu"):
     """A fresh, untrained model and unfitted processor for `classes`, as `recipe` describes them."""
-    from modeling_scinterpreter import select_backbone_dtype
+    from loading_scinterpreter import select_backbone_dtype
 
     descriptions = load_gene_descriptions(path=recipe.gene_descriptions) if recipe.gene_descriptions else None
     gene_table = build_gene_table(descriptions, encoder=recipe.gene_encoder, center=recipe.center_gene_table)

@@ -74,7 +74,7 @@ def test_one_cell_as_a_dict(annotate, counts):
 
 
 def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate):
-    from modeling_scinterpreter import select_backbone_dtype
+    from loading_scinterpreter import select_backbone_dtype
 
     assert annotate.model.model.backbone_dtype == select_backbone_dtype("cpu")
     assert annotate.model.head.dense.weight.dtype == torch.float32

@@ -101,7 +101,8 @@ def test_saved_folder_loads_with_only_torch_transformers_safetensors(tmp_path, s
 def test_saved_folder_holds_code_auto_map_and_only_safetensors_and_json(saved_tiny_model):
     files = {path.name for path in saved_tiny_model.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_scinterpreter.py",
-            "modeling_scinterpreter.py", "processing_scinterpreter.py", "pipeline_scinterpreter.py"} <= files
+            "modeling_scinterpreter.py", "loading_scinterpreter.py", "processing_scinterpreter.py",
+            "pipeline_scinterpreter.py"} <= files
     assert all(name.endswith((".json", ".safetensors", ".py")) for name in files), files
     config = json.loads((saved_tiny_model / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_scinterpreter.ScInterpreterForCellAnnotation"

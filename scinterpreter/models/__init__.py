@@ -29,8 +29,8 @@ PROCESSOR_REFERENCE = "processor_reference.json"
 # The processor config's entries that the installed package rebuilds (the vocabulary and its name maps): the same
 # for every model, so they are not shipped with each.
 REBUILT_PROCESSOR_KEYS = ("gene_vocab", "alias_map", "ensembl_map", "entrez_map", "ortholog_map")
-CODE_MODULES = ("configuration_scinterpreter", "modeling_scinterpreter", "processing_scinterpreter",
-                "pipeline_scinterpreter")
+CODE_MODULES = ("configuration_scinterpreter", "modeling_scinterpreter", "loading_scinterpreter",
+                "processing_scinterpreter", "pipeline_scinterpreter")
 
 
 def names() -> builtins.list:
