@@ -77,6 +77,7 @@ for name, call in {{"train": lambda: scinterpreter.train.main([]),
         call()
     except (ImportError, ValueError) as error:
         errors[name] = str(error)
+scinterpreter.train.draw(scinterpreter.plots.plot_umaps, {{}}, [], "umap.png")  # training goes on, with a warning
 print(json.dumps({{"labels": labels, "obs": list(adata.obs.columns), "errors": errors}}))
 """
 
@@ -103,3 +104,4 @@ def test_the_core_annotates_without_any_optional_module_and_names_the_extras_oth
     assert errors["train"].endswith("pip install 'scinterpreter[train]'")
     assert errors["plots"] == "plot_umaps needs matplotlib, scanpy: pip install 'scinterpreter[plots]'"
     assert "pip install 'scinterpreter[plots]'" in errors["majority_voting"]
+    assert "umap.png not written: plot_umaps needs matplotlib, scanpy: pip install 'scinterpreter[plots]'" in run.stderr
