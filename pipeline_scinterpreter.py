@@ -386,11 +386,14 @@ def over_cluster(embeddings, seed=0):
         return np.arange(n_cells).astype(str), resolution
     try:
         import anndata
+        import igraph  # noqa: F401 (scanpy's Leiden runs on it)
         import scanpy
     except ImportError as error:
+        # This file runs as Hub remote code without the scinterpreter package, so the message is written out here.
         raise ScInterpreterInputError(
-            f"majority_voting clusters the cells with scanpy's Leiden ({error}): pip install scanpy igraph, or pass "
-            "over_clustering (an obs column or one cluster id per cell)."
+            f"majority_voting clusters the cells with scanpy's Leiden, which needs scanpy and igraph ({error}): "
+            "pip install 'scinterpreter[plots]' (or scanpy igraph), or pass over_clustering (an obs column or one "
+            "cluster id per cell)."
         ) from None
     graph = anndata.AnnData(np.asarray(embeddings, dtype=np.float32))
     scanpy.pp.neighbors(graph, n_neighbors=min(15, n_cells - 1), use_rep="X", random_state=seed)

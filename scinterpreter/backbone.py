@@ -8,6 +8,8 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, LlamaModel
 from transformers.utils import logging as transformers_logging
 
+from .optional import require
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -31,6 +33,7 @@ def _smollm2_gguf_dir() -> Path | None:
 
 def _convert_smollm2(target: Path) -> Path:
     """Dequantises the GGUF SmolLM2 once into a bfloat16 safetensors folder (about 15 s)."""
+    require("backbone", f"converting {SMOLLM2_GGUF} from {SMOLLM2_PACKAGE}", "gguf")
     import torch
     from transformers import LlamaForCausalLM
 

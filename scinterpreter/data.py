@@ -9,6 +9,8 @@ import torch
 
 from processing_scinterpreter import ScInterpreterInputError
 
+from .optional import require
+
 logger = logging.getLogger(__name__)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -76,6 +78,7 @@ def split_cells(adata, labels, split_file=None, fold=None, test_size=0.2, seed=0
             train = np.array([position[name] for name in spec["train"]])
             test = np.array([position[name] for name in spec["test"]])
         return train, test
+    require("train", "the stratified split (no split_file)", "sklearn")
     from sklearn.model_selection import train_test_split
 
     values, counts = np.unique(labels, return_counts=True)

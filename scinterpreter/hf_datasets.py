@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .optional import require
+
 CELLS, GENE_METADATA = "cells", "gene_metadata"
 
 
 def anndata_to_dataset(adata, label_column=None, obs_columns=(), layer=None, chunk_size=4096):
     """A `DatasetDict` with a `cells` split (one row per cell) and a `gene_metadata` split (one row per gene)."""
+    require("train", "anndata_to_dataset", "datasets")
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
     from processing_scinterpreter import ScInterpreterInputError
@@ -200,6 +203,7 @@ def load_cells(name_or_path, streaming=False):
     The cells and gene table of a Hub dataset id, a `save_cells` folder or a `save_to_disk` folder, as a
     `DatasetDict` with `cells` and `gene_metadata` (cells streamed when `streaming`).
     """
+    require("train", "load_cells", "datasets")
     from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
 
     path = Path(str(name_or_path))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import yaml
+from .optional import require
 
 CARD_TEMPLATE = """---
 {metadata}---
@@ -63,6 +63,9 @@ Per cell type (F1 / support):
 
 def write_model_card(folder, results: dict, model, repo_id: str | None = None) -> Path:
     """Writes `folder/README.md` from `train.py`'s results: Hub metadata header, data, metrics, labels, limits."""
+    require("train", "write_model_card", "yaml")
+    import yaml
+
     config = model.config
     test = results["test"]
     metadata = {

@@ -4,9 +4,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .optional import require
+
 
 def save_figure(fig, ax, path):
     """Writes `fig` as a PNG at `path` (folders made as needed), closes it and returns `ax`."""
+    require("plots", "save_figure", "matplotlib")
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -18,6 +21,7 @@ def save_figure(fig, ax, path):
 
 def plot_confusion_matrix(references, predictions, classes, path, title="Confusion matrix"):
     """Row-normalised confusion matrix (rows: reference cell types) with cell counts; returns the axes."""
+    require("plots", "plot_confusion_matrix", "matplotlib", "sklearn")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,6 +47,7 @@ def plot_confusion_matrix(references, predictions, classes, path, title="Confusi
 
 def plot_reliability(logits, references, temperature, path, title="Reliability"):
     """Reliability diagram (accuracy against confidence, 15 bins) before and after temperature scaling."""
+    require("plots", "plot_reliability", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +82,7 @@ def plot_umaps(embeddings: dict, labels, path, title="Test cells", seed=0):
     One UMAP panel per embedding (name -> `(n_cells, dim)` array), cells coloured by `labels`, as the paper's
     Fig. 3 compares the initial expression, GenePT-w and scInterpreter. Uses scanpy's neighbours + UMAP.
     """
+    require("plots", "plot_umaps", "matplotlib", "scanpy")
     import anndata
     import matplotlib
 

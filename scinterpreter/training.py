@@ -22,6 +22,7 @@ from .backbone import DEFAULT_BACKBONE
 from .build import build_model
 from .data import CellDataset
 from .genes import build_gene_table, load_gene_descriptions
+from .optional import require
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def fit(
         monitor_sets (`dict[str, tuple]`, *optional*): more `(expression, labels)` sets to evaluate every epoch, e.g.
             the test cells in a benchmark (read like `expression`); reported in `history`, never used for choices.
     """
+    require("train", "scinterpreter.training.fit", "accelerate", "sklearn")
     from .trainer import ScInterpreterTrainer
 
     from configuration_scinterpreter import UNASSIGNED_SCORES

@@ -41,6 +41,39 @@ def make_tiny_model(seed=0, **overrides):
     return model.eval()
 
 
+# Read-only pieces of the real cache that integration tests use: the converted SmolLM2 and the embedded gene tables.
+REAL_CACHE_PARTS = ("backbones", "gene_tables")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """scInterpreter's cache (`SCINTERPRETER_CACHE`) for the whole run, module fixtures included: a temporary folder
+    with links to the real cache's backbones and gene tables, so that nothing is written into the real cache."""
+    from scinterpreter.backbone import cache_dir
+
+    real, cache = cache_dir(), tmp_path_factory.mktemp("scinterpreter-cache")
+    for part in REAL_CACHE_PARTS:
+        (cache / part).mkdir()
+        for entry in sorted((real / part).glob("*")) if (real / part).is_dir() else []:
+            if not entry.name.endswith(".partial"):
+                (cache / part / entry.name).symlink_to(entry.resolve())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCINTERPRETER_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(autouse=True)
+def scinterpreter_cache(request, session_cache, tmp_path_factory, monkeypatch):
+    """Each test's scInterpreter cache: a new empty folder, so that no test reads what another left there."""
+    # Integration tests keep the session cache: its links reach the real converted SmolLM2 and gene tables (a new
+    # write, such as a first conversion, lands in the temporary folder, never in the real cache).
+    if "integration" in request.keywords:
+        return session_cache
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

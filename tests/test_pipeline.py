@@ -181,8 +181,6 @@ def test_explain_must_be_a_non_negative_number_of_genes(annotate, counts):
     with pytest.raises(ValueError, match="explain must be"):
         annotate(counts, gene_names=GENES, explain=-2)
     assert "genes" not in annotate(counts, gene_names=GENES, explain=False)[0]
-    with pytest.raises(ValueError, match="expression is empty"):
-        annotate(np.zeros((0, len(GENES))), gene_names=GENES, explain=True)
 
 
 def test_driver_genes_summarise_each_types_explanations_as_table_and_dot_plot(annotate, adata, tmp_path):

@@ -90,25 +90,6 @@ def test_duplicate_names_are_summed(processor):
     assert processor.match_genes(["CD3E", "cd3e", "INS"]).n_duplicates == 1
 
 
-@pytest.mark.parametrize(
-    "make_input, message",
-    [
-        (lambda c: (c, None), "gene_names is required"),
-        (lambda c: (c[:, :-1], GENES), "columns but"),
-        (lambda c: (-c, GENES), "negative values"),
-        (lambda c: (np.where(c > 2, np.nan, c), GENES), "NaN"),
-        (lambda c: (c[:0], GENES), "empty"),
-        (lambda c: (c.astype(str), GENES), "non-numeric"),
-        (lambda c: (c, [f"probe_{i}" for i in range(c.shape[1])]), "match the model's"),
-    ],
-    ids=["no-gene-names", "shape-mismatch", "negative", "nan", "empty", "non-numeric", "no-matching-genes"],
-)
-def test_bad_input_gets_a_clear_error(processor, counts, make_input, message):
-    matrix, names = make_input(counts)
-    with pytest.raises(ScInterpreterInputError, match=message):
-        processor(matrix, gene_names=names)
-
-
 def test_saves_and_loads_with_auto_processor(tmp_path, processor, counts):
     from scinterpreter.build import register_auto_classes
     from conftest import tiny_config

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import GENES
 from transformers import pipeline
 
-from processing_scinterpreter import ScInterpreterInputError, ScInterpreterProcessor
+from processing_scinterpreter import ScInterpreterProcessor
 
 
 def _snapshot(adata):
@@ -55,23 +56,6 @@ def test_public_functions_leave_the_anndata_unchanged_by_default(call, rich_adat
     _assert_unchanged(rich_adata, before)
 
 
-def test_declared_log_normalised_data_that_holds_counts_is_an_error(counts):
-    processor = ScInterpreterProcessor(gene_vocab=GENES, input_kind="log1p")
-    with pytest.raises(ScInterpreterInputError, match="declared log-normalised"):
-        processor(counts * 40, gene_names=GENES)
-
-
-def test_declared_counts_that_are_not_integers_is_an_error(counts):
-    processor = ScInterpreterProcessor(gene_vocab=GENES, input_kind="counts")
-    with pytest.raises(ScInterpreterInputError, match="declared raw counts"):
-        processor(np.log1p(counts), gene_names=GENES)
-
-
-def test_all_cells_empty_is_an_error(processor, counts):
-    with pytest.raises(ScInterpreterInputError, match="no cell expresses any"):
-        processor(np.zeros_like(counts), gene_names=GENES)
-
-
 def test_duplicated_gene_names_are_summed_with_a_warning(processor, counts, caplog):
     names = list(GENES)
     names[1] = names[0]
@@ -81,12 +65,32 @@ def test_duplicated_gene_names_are_summed_with_a_warning(processor, counts, capl
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Every row of the README's "Bad input" table: what is passed, and the words the error must contain.
+# Every bad input, whichever entry point it comes through (the processor, the pipeline, train.py and its data
+# readers, `training.fit`, loading a model folder), and the words the error must contain; each row of the README's
+# "Bad input" table is one or more of these cases.
 # ---------------------------------------------------------------------------------------------------------------------
 def _matrix_case(make):
     def run(ctx):
         matrix, names = make(ctx["counts"])
         ctx["processor"](matrix, gene_names=names)
+    return run
+
+
+def _pipeline_case(make, **options):
+    def run(ctx):
+        matrix, names = make(ctx["counts"])
+        ctx["annotate"]()(matrix, gene_names=names, **options)
+    return run
+
+
+def _fit_case(make_labels):
+    def run(ctx):
+        from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
+
+        # The labels are checked before the backbone is read, so none is needed.
+        fit(ctx["counts"], make_labels(len(ctx["counts"])), Recipe(backbone=str(ctx["tmp"] / "no-backbone"),
+                                                                   gene_encoder="random"),
+            ScInterpreterTrainingArguments(output_dir=str(ctx["tmp"] / "fit")), gene_names=GENES)
     return run
 
 
@@ -121,7 +125,9 @@ BAD_INPUTS = [
     ("bare matrix without gene names", _matrix_case(lambda c: (c, None)), "gene_names is required"),
     ("matrix width differs from gene_names", _matrix_case(lambda c: (c[:, :-1], GENES)), "44 columns but 45 gene names"),
     ("no matching genes (random strings)", _matrix_case(lambda c: (c, [f"zz{i}q" for i in range(c.shape[1])])),
-     "match the model's gene vocabulary"),
+     "match the model's gene vocabulary.*look like"),
+    ("no matching genes (probe IDs)", _matrix_case(lambda c: (c, [f"{200000 + i}_at" for i in range(c.shape[1])])),
+     "match the model's gene vocabulary.*look like"),
     ("negative values (scaled data)", _matrix_case(lambda c: (c - 1, GENES)), "negative values"),
     ("NaN values", _matrix_case(lambda c: (np.where(c > 3, np.nan, c), GENES)), "NaN or infinite"),
     ("infinite values", _matrix_case(lambda c: (np.where(c > 3, np.inf, c), GENES)), "NaN or infinite"),
@@ -130,6 +136,8 @@ BAD_INPUTS = [
     ("text values", _matrix_case(lambda c: (c.astype(str), GENES)), "non-numeric dtype"),
     ("0 cells", _matrix_case(lambda c: (c[:0], GENES)), "is empty"),
     ("0 genes", _matrix_case(lambda c: (c[:, :0], [])), "is empty"),
+    ("0 cells through the pipeline, explain=True", _pipeline_case(lambda c: (c[:0], GENES), explain=True),
+     "expression is empty"),
     ("counts declared log-normalised",
      lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, input_kind="log1p")(ctx["counts"] * 40, gene_names=GENES),
      "declared log-normalised"),
@@ -148,6 +156,9 @@ BAD_INPUTS = [
     ("test labels unseen in training",
      _train_case(lambda ctx: ["--dataset", str(ctx["h5ad"]), "--split_file", str(ctx["split_with_unseen"])]),
      "have no training cells"),
+    ("labels of another length than the cells (training.fit)", _fit_case(lambda n: ["T"] * (n - 2)),
+     "10 labels were given for 12 cells"),
+    ("labels of one cell type (training.fit)", _fit_case(lambda n: ["T"] * n), "the labels hold a single cell type"),
     ("file that is not .h5ad", _train_case(lambda ctx: ["--dataset", str(ctx["not_h5ad"])]), "not an .h5ad file"),
     ("missing .h5ad file", _train_case(lambda ctx: ["--dataset", str(ctx["tmp"] / "nope.h5ad")]), "does not exist"),
     ("model folder without config", _load_case(lambda f: (f / "config.json").unlink()), "no config.json"),
@@ -155,14 +166,16 @@ BAD_INPUTS = [
      lambda ctx: __import__("modeling_scinterpreter").ScInterpreterForCellAnnotation.from_pretrained(
          str(ctx["tmp"] / "no-such-model")), "does not exist: pass a saved model folder"),
     ("model folder with a pickle instead of safetensors",
-     _load_case(lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin")), "only pickle files"),
+     _load_case(lambda f: ((f / "model.safetensors").unlink(),
+                           torch.save({"weight": torch.ones(1)}, f / "pytorch_model.bin"))),
+     "only pickle files .*pytorch_model.bin.* no .safetensors"),
     ("damaged weights file",
      _load_case(lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:64])),
      "damaged or incomplete"),
     ("config whose gene table does not match the weights",
      _load_case(lambda f: (f / "config.json").write_text(
          (f / "config.json").read_text().replace('"gene_vocab_size": 45', '"gene_vocab_size": 50'))),
-     "come from different models"),
+     "config and the weights come from different models"),
 ]
 
 

@@ -1,9 +1,7 @@
 """The remote-code files make no network calls, run no subprocesses, unpickle nothing and read only the model folder."""
 
 import pytest
-import torch
 
-from processing_scinterpreter import ScInterpreterInputError
 from scinterpreter.safety import REMOTE_CODE_FILES, REPO, scan_remote_code, scan_source
 
 
@@ -34,38 +32,5 @@ def test_torch_load_with_weights_only_is_allowed():
     assert scan_source("import torch\ndef f(p):\n    return torch.load(p, weights_only=True)\n") == []
 
 
-def test_a_folder_with_a_pickle_instead_of_safetensors_fails_clearly(saved_tiny_model, tiny_model):
-    from modeling_scinterpreter import ScInterpreterForCellAnnotation
-
-    (saved_tiny_model / "model.safetensors").unlink()
-    torch.save(tiny_model.state_dict(), saved_tiny_model / "pytorch_model.bin")
-    with pytest.raises(ScInterpreterInputError, match="only pickle files .*pytorch_model.bin.* no .safetensors"):
-        ScInterpreterForCellAnnotation.from_pretrained(saved_tiny_model)
-
-
-def test_a_damaged_weights_file_fails_clearly(saved_tiny_model):
-    from modeling_scinterpreter import ScInterpreterForCellAnnotation
-
-    weights = saved_tiny_model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ScInterpreterInputError, match="damaged or incomplete"):
-        ScInterpreterForCellAnnotation.from_pretrained(saved_tiny_model)
-
-
-def test_a_config_whose_gene_table_does_not_match_the_weights_fails_clearly(saved_tiny_model):
-    import json
-
-    from modeling_scinterpreter import ScInterpreterForCellAnnotation
-
-    config = json.loads((saved_tiny_model / "config.json").read_text())
-    config["gene_vocab_size"] += 5
-    (saved_tiny_model / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ScInterpreterInputError, match="config and the weights come from different models"):
-        ScInterpreterForCellAnnotation.from_pretrained(saved_tiny_model)
-
-
-def test_a_folder_without_config_fails_clearly(tmp_path):
-    from modeling_scinterpreter import ScInterpreterForCellAnnotation
-
-    with pytest.raises(ScInterpreterInputError, match="no config.json"):
-        ScInterpreterForCellAnnotation.from_pretrained(tmp_path)
+# A folder with a pickle instead of safetensors, a damaged weights file, a config that does not match the weights
+# and a folder without a config: rows of the bad-input table (tests/test_reliability.py).

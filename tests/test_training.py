@@ -130,18 +130,6 @@ def test_evaluation_flags_without_validation_cells_are_a_clear_error(tmp_path, b
             tiny_args(tmp_path, eval_strategy="epoch"), gene_names=GENES)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (["T"] * 10, "1 labels|10 labels were given for 94 cells"),
-    (["T"] * 94, "a single cell type"),
-])
-def test_bad_labels_are_a_clear_error_before_any_model_work(tmp_path, backbone, labels, message):
-    from processing_scinterpreter import ScInterpreterInputError
-
-    cells, _ = marker_cells()
-    with pytest.raises(ScInterpreterInputError, match=message):
-        fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
-
-
 def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone):
     from scinterpreter.calibration import fit_temperature
 
