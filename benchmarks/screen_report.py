@@ -31,7 +31,7 @@ def screen_table(runs: dict, baseline: str, seeds=None, metric: str = "macro_f1"
     splits = sorted({(dataset, split) for _, dataset, split in runs})
     header = f"| dataset | split | {baseline} | " + " | ".join(options) + " |"
     lines = [header, "|" + "---|" * (3 + len(options))]
-    summary = {option: {"differences": [], "ahead": 0, "splits": 0} for option in options}
+    summary = {option: {"differences": [], "values": [], "ahead": 0, "splits": 0} for option in options}
     for dataset, split in splits:
         base = runs.get((baseline, dataset, split), {})
         cells = []
@@ -45,17 +45,20 @@ def screen_table(runs: dict, baseline: str, seeds=None, metric: str = "macro_f1"
             value = float(np.mean([run[seed][metric] for seed in shared]))
             difference = value - float(np.mean([base[seed][metric] for seed in shared]))
             summary[option]["differences"].append(difference)
+            summary[option]["values"].append(value)
             summary[option]["splits"] += 1
             summary[option]["ahead"] += difference >= 0
             cells.append(f"{value:.3f} ({difference:+.3f}; seeds {','.join(map(str, shared))})")
         base_value = f"{np.mean([base[seed][metric] for seed in sorted(base_seeds)]):.3f}" if base_seeds else "-"
         lines.append(f"| {dataset} | {split} | {base_value} | " + " | ".join(cells) + " |")
-    lines.append("| **mean difference** | | | " + " | ".join(
+    lines.append("| **mean (option against default on the same splits and seeds)** | | | " + " | ".join(
+        f"{np.mean(summary[o]['values']):.3f} against {np.mean(summary[o]['values']) - np.mean(summary[o]['differences']):.3f}: "
         f"{np.mean(summary[o]['differences']):+.3f} over {summary[o]['splits']} splits, ahead or level on "
         f"{summary[o]['ahead']}" if summary[o]["splits"] else "-" for o in options) + " |")
     for option in options:
         summary[option]["mean_difference"] = (float(np.mean(summary[option]["differences"]))
                                               if summary[option]["splits"] else None)
+        summary[option]["mean"] = float(np.mean(summary[option]["values"])) if summary[option]["splits"] else None
     return "\n".join(lines), summary
 
 
@@ -79,7 +82,7 @@ def main(argv=None):
     if args.out:
         Path(args.out).write_text(report)
         Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {option: {k: v for k, v in values.items() if k != "differences"} for option, values in summary.items()},
+            {option: {k: v for k, v in values.items() if k not in ("differences", "values")} for option, values in summary.items()},
             indent=1))
 
 
