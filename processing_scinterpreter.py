@@ -1,13 +1,12 @@
 """scInterpreter processor: expression data in, each cell's top genes out as model inputs.
 
-Gene matching, normalisation and ranking live here and only here; the model never sees gene names.
-This module needs nothing but numpy and transformers: AnnData, pandas and scipy.sparse inputs are
-recognised by what they offer, not imported.
+Normalisation, the reference profile and ranking live here, gene-name matching beside it in
+`gene_matching_scinterpreter.py`; the model never sees gene names. This module needs nothing but numpy and
+transformers: AnnData, pandas and scipy.sparse inputs are recognised by what they offer, not imported.
 """
 
 import logging
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
@@ -15,12 +14,13 @@ from transformers.utils.logging import tqdm
 
 try:
     from .configuration_scinterpreter import ScInterpreterInputError
+    from .gene_matching_scinterpreter import GeneMatcher, GeneMatchReport, MatchedGenes, detect_gene_id_style
 except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
     from configuration_scinterpreter import ScInterpreterInputError
+    from gene_matching_scinterpreter import GeneMatcher, GeneMatchReport, MatchedGenes, detect_gene_id_style
 
 logger = logging.getLogger(__name__)
 
-MATCH_RULES = ("exact", "case", "alias", "ensembl", "entrez", "ortholog")
 INPUT_KINDS = ("auto", "counts", "log1p")
 # How each cell's genes are chosen: by normalised expression, or (after `fit`) by their excess over the reference
 # profile of the training cells, which keeps genes every cell expresses from crowding out the cell's markers.
@@ -32,65 +32,11 @@ TOKEN_VALUES = ("expression", "excess")
 EXCLUDE_PRESETS = {"ribosomal_mitochondrial": r"^(RP[SL]\d+(A|L|X|AL|Y\d?)?|RPLP[0-2]|MT-.+)$"}
 MIN_MATCHED_GENES = 10
 CHUNK_SIZE = 512
-ENSEMBL_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
 
 
 def _exclude_pattern(exclude_genes: str) -> re.Pattern:
     """`exclude_genes` (a preset name or a regular expression) as a case-insensitive pattern."""
     return re.compile(EXCLUDE_PRESETS.get(exclude_genes, exclude_genes), re.IGNORECASE)
-
-
-@dataclass
-class GeneMatchReport:
-    """How the data's gene names matched the model's gene vocabulary."""
-
-    n_total: int
-    n_matched: int
-    by_rule: dict = field(default_factory=dict)
-    unmatched: list = field(default_factory=list)
-    n_duplicates: int = 0
-    id_style: str = "symbols"
-
-    @property
-    def matched_fraction(self) -> float:
-        return self.n_matched / self.n_total if self.n_total else 0.0
-
-    def summary(self) -> str:
-        rules = ", ".join(f"{rule} {count}" for rule, count in self.by_rule.items() if count)
-        text = f"{self.n_matched}/{self.n_total} genes ({self.matched_fraction:.1%}) matched the model's vocabulary"
-        if rules:
-            text += f" ({rules})"
-        if self.n_duplicates:
-            text += f"; {self.n_duplicates} names mapped to an already matched gene and were summed into it"
-        return text
-
-
-@dataclass
-class _MatchedGenes:
-    """Data columns -> vocabulary rows, ready for fast per-chunk gathering."""
-
-    report: GeneMatchReport
-    columns: np.ndarray  # data column of each matched gene, ordered by vocabulary row
-    vocab_ids: np.ndarray  # vocabulary row of each matched gene, ascending
-    extra_columns: np.ndarray  # further data columns mapped to an already matched gene ...
-    extra_targets: np.ndarray  # ... and the position in `vocab_ids` they are summed into
-
-
-def detect_gene_id_style(names) -> str:
-    """What the gene names look like: "Ensembl IDs", "Entrez IDs", "mouse symbols", "symbols" or "unrecognised"."""
-    sample = [name.strip() for name in names[:2000] if name.strip()]
-    if not sample:
-        return "unrecognised"
-    share = lambda test: sum(map(test, sample)) / len(sample)  # noqa: E731
-    if share(lambda n: ENSEMBL_ID.fullmatch(n.upper()) is not None) > 0.5:
-        return "Ensembl IDs"
-    if share(str.isdigit) > 0.5:
-        return "Entrez IDs"
-    if share(lambda n: n[:1].isupper() and any(c.islower() for c in n[1:])) > 0.5:
-        return "mouse symbols"
-    if share(lambda n: n[:1].isalpha() and len(n) <= 20) > 0.5:
-        return "symbols"
-    return "unrecognised"
 
 
 def _is_anndata(data) -> bool:
@@ -99,6 +45,60 @@ def _is_anndata(data) -> bool:
 
 def _is_sparse(matrix) -> bool:
     return hasattr(matrix, "tocsr") and hasattr(matrix, "nnz")
+
+
+def _as_matrix(expression, gene_names=None, layer=None):
+    """Returns `(matrix, gene_names)` for any supported input; the matrix is not copied."""
+    if _is_anndata(expression):
+        if layer is not None and layer not in expression.layers:
+            raise ScInterpreterInputError(
+                f"layer {layer!r} is not in this AnnData; it has layers {list(expression.layers.keys())}. "
+                "Pass layer=None to use adata.X."
+            )
+        matrix = expression.X if layer is None else expression.layers[layer]
+        return matrix, list(expression.var_names) if gene_names is None else list(gene_names)
+    if hasattr(expression, "columns") and hasattr(expression, "index") and hasattr(expression, "to_numpy"):
+        return expression.to_numpy(), list(expression.columns) if gene_names is None else list(gene_names)
+    if isinstance(expression, dict) or (hasattr(expression, "index") and hasattr(expression, "to_numpy")):
+        names = list(expression.keys()) if isinstance(expression, dict) else list(expression.index)
+        values = list(expression.values()) if isinstance(expression, dict) else expression.to_numpy()
+        return np.asarray(values)[None, :], names
+    if gene_names is None:
+        raise ScInterpreterInputError(
+            "gene_names is required for a bare matrix: pass gene_names=[...] with one name per column, "
+            "or pass an AnnData or a pandas DataFrame whose columns are gene names."
+        )
+    if hasattr(expression, "detach"):
+        expression = expression.detach().cpu().numpy()
+    matrix = expression if _is_sparse(expression) else np.asarray(expression)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    return matrix, list(gene_names)
+
+
+def _check_matrix(matrix, gene_names):
+    """Raises, with what to do, unless `matrix` is a non-empty numeric cells x genes matrix with one name per column."""
+    if matrix.ndim != 2:
+        raise ScInterpreterInputError(f"expression must be 2-D (cells x genes), got shape {matrix.shape}.")
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ScInterpreterInputError(f"expression is empty (shape {matrix.shape}): it needs cells and genes.")
+    if matrix.shape[1] != len(gene_names):
+        raise ScInterpreterInputError(
+            f"expression has {matrix.shape[1]} columns but {len(gene_names)} gene names were given: "
+            "pass exactly one gene name per column (cells are rows)."
+        )
+    dtype = matrix.dtype
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise ScInterpreterInputError(
+            f"expression has non-numeric dtype {dtype}: convert it to numbers (e.g. `.astype('float32')`)."
+        )
+
+
+def _dense_chunk(matrix, start, stop) -> np.ndarray:
+    """Cells `start:stop` as a dense float32 array, whatever the matrix (sparse, backed, integer)."""
+    chunk = matrix[start:stop]
+    chunk = chunk.toarray() if _is_sparse(chunk) else np.asarray(chunk)
+    return chunk.astype(np.float32, copy=False)
 
 
 class ScInterpreterProcessor(FeatureExtractionMixin):
@@ -126,8 +126,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         species (`str`, *optional*, defaults to `"human"`): species of the vocabulary.
         alias_map, ensembl_map, entrez_map, ortholog_map (`dict[str, str]`, *optional*): aliases and previous
             symbols, Ensembl gene IDs (no version), Entrez IDs, and other-species symbols (mouse MGI) -> a symbol of
-            the vocabulary. Names are matched by these rules in turn: exact symbol, case, alias, Ensembl ID (any
-            version suffix), Entrez ID, ortholog (tried right after exact for mouse-style symbols).
+            the vocabulary, for matching the data's gene names (`GeneMatcher`, whose docstring gives the rules).
     """
 
     model_input_names = ["gene_ids", "gene_values", "gene_mask"]
@@ -194,137 +193,19 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         output = super().to_dict()
         return {key: value for key, value in output.items() if not key.startswith("_")}
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Gene matching
-    # ----------------------------------------------------------------------------------------------------------------
-    def _lookup_tables(self):
-        if getattr(self, "_lookups", None) is None or self._lookups[0] != len(self.gene_vocab):
-            exact, upper = {}, {}
-            for row, symbol in enumerate(self.gene_vocab):
-                exact.setdefault(symbol, row)
-                upper.setdefault(symbol.upper(), row)
-            upper_alias = {alias.upper(): symbol for alias, symbol in self.alias_map.items()}
-            upper_ortholog = {mouse.upper(): human for mouse, human in self.ortholog_map.items()}
-            self._lookups = (len(self.gene_vocab), exact, upper, upper_alias, upper_ortholog)
-        return self._lookups[1:]
-
-    def _match_one(self, name: str, rules, tables):
-        exact, upper, upper_alias, upper_ortholog = tables
-        key = name.strip().upper()
-        for rule in rules:
-            if rule == "exact":
-                row = exact.get(name)
-            elif rule == "case":
-                row = upper.get(key)
-            elif rule == "alias":
-                row = exact.get(upper_alias.get(key))
-            elif rule == "ensembl":
-                row = exact.get(self.ensembl_map.get(key.split(".")[0])) if key.startswith("ENS") else None
-            elif rule == "entrez":
-                row = exact.get(self.entrez_map.get(key)) if key.isdigit() else None
-            else:  # ortholog: the human ortholog's symbol, itself matched by symbol or alias
-                human = upper_ortholog.get(key)
-                row = None if human is None else exact.get(human, exact.get(upper_alias.get(human.upper())))
-            if row is not None:
-                return row, rule
-        return None, None
-
-    def _match(self, gene_names) -> _MatchedGenes:
-        names = [str(name) for name in gene_names]
-        style = detect_gene_id_style(names)
-        # For mouse symbols the ortholog comes before the upper-cased name: "Ins1" is INS, not a human "INS1".
-        # Orthologs are only for names in the other species' style.
-        rules = ("exact", "ortholog", "case", "alias", "ensembl", "entrez") if style == "mouse symbols" else MATCH_RULES[:-1]
-        tables = self._lookup_tables()
-        by_rule = dict.fromkeys(MATCH_RULES, 0)
-        targets, unmatched = np.full(len(names), -1, dtype=np.int64), []
-        for column, name in enumerate(names):
-            row, rule = self._match_one(name, rules, tables)
-            if row is None:
-                unmatched.append(name)
-                continue
-            targets[column] = row
-            by_rule[rule] += 1
-        matched_columns = np.flatnonzero(targets >= 0)
-        vocab_ids, first = np.unique(targets[matched_columns], return_index=True)
-        columns = matched_columns[first]
-        extra = np.setdiff1d(matched_columns, columns, assume_unique=True)
-        report = GeneMatchReport(
-            n_total=len(names), n_matched=len(matched_columns), by_rule=by_rule, unmatched=unmatched,
-            n_duplicates=len(extra), id_style=style,
-        )
-        return _MatchedGenes(
-            report=report, columns=columns, vocab_ids=vocab_ids, extra_columns=extra,
-            extra_targets=np.searchsorted(vocab_ids, targets[extra]),
-        )
+    @property
+    def matcher(self) -> GeneMatcher:
+        """The gene-name matcher for `gene_vocab` and the name maps, built again whenever one of them is replaced."""
+        sources = (self.gene_vocab, self.alias_map, self.ensembl_map, self.entrez_map, self.ortholog_map)
+        key = (len(self.gene_vocab), self.species, *map(id, sources))
+        if getattr(self, "_matcher", None) is None or self._matcher[0] != key:
+            # The sources are cached with their ids, so that no other object can take one of those ids meanwhile.
+            self._matcher = (key, GeneMatcher(self.gene_vocab, self.species, *sources[1:]), sources)
+        return self._matcher[1]
 
     def match_genes(self, gene_names) -> GeneMatchReport:
         """Matches gene names to the vocabulary and reports how (`n_matched`, `matched_fraction`, `by_rule`, ...)."""
-        return self._match(gene_names).report
-
-    def _too_few_matches_message(self, report: GeneMatchReport) -> str:
-        understood = ["{} symbols (e.g. {})".format(self.species, ", ".join(self.gene_vocab[:2]))]
-        if self.alias_map:
-            understood.append("their aliases and previous symbols")
-        if self.ensembl_map:
-            understood.append("Ensembl gene IDs (e.g. ENSG00000105383, any version suffix)")
-        if self.entrez_map:
-            understood.append("Entrez IDs")
-        if self.ortholog_map:
-            understood.append("mouse symbols (e.g. Cd3e), through orthologs")
-        return (
-            f"only {report.n_matched} of {report.n_total} gene names match the model's gene vocabulary. The names "
-            f"look like {report.id_style} (e.g. {', '.join(report.unmatched[:4])}); the model understands "
-            f"{'; '.join(understood)}. Pass gene names of one of those kinds: for an AnnData, e.g. "
-            "adata.var_names = adata.var['gene_symbols'], or gene_names=... for a matrix."
-        )
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Input conversion
-    # ----------------------------------------------------------------------------------------------------------------
-    def _as_matrix(self, expression, gene_names=None, layer=None):
-        """Returns `(matrix, gene_names)` for any supported input; the matrix is not copied."""
-        if _is_anndata(expression):
-            if layer is not None and layer not in expression.layers:
-                raise ScInterpreterInputError(
-                    f"layer {layer!r} is not in this AnnData; it has layers {list(expression.layers.keys())}. "
-                    "Pass layer=None to use adata.X."
-                )
-            matrix = expression.X if layer is None else expression.layers[layer]
-            return matrix, list(expression.var_names) if gene_names is None else list(gene_names)
-        if hasattr(expression, "columns") and hasattr(expression, "index") and hasattr(expression, "to_numpy"):
-            return expression.to_numpy(), list(expression.columns) if gene_names is None else list(gene_names)
-        if isinstance(expression, dict) or (hasattr(expression, "index") and hasattr(expression, "to_numpy")):
-            names = list(expression.keys()) if isinstance(expression, dict) else list(expression.index)
-            values = list(expression.values()) if isinstance(expression, dict) else expression.to_numpy()
-            return np.asarray(values)[None, :], names
-        if gene_names is None:
-            raise ScInterpreterInputError(
-                "gene_names is required for a bare matrix: pass gene_names=[...] with one name per column, "
-                "or pass an AnnData or a pandas DataFrame whose columns are gene names."
-            )
-        if hasattr(expression, "detach"):
-            expression = expression.detach().cpu().numpy()
-        matrix = expression if _is_sparse(expression) else np.asarray(expression)
-        if matrix.ndim == 1:
-            matrix = matrix[None, :]
-        return matrix, list(gene_names)
-
-    def _check(self, matrix, gene_names):
-        if matrix.ndim != 2:
-            raise ScInterpreterInputError(f"expression must be 2-D (cells x genes), got shape {matrix.shape}.")
-        if matrix.shape[0] == 0 or matrix.shape[1] == 0:
-            raise ScInterpreterInputError(f"expression is empty (shape {matrix.shape}): it needs cells and genes.")
-        if matrix.shape[1] != len(gene_names):
-            raise ScInterpreterInputError(
-                f"expression has {matrix.shape[1]} columns but {len(gene_names)} gene names were given: "
-                "pass exactly one gene name per column (cells are rows)."
-            )
-        dtype = matrix.dtype
-        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
-            raise ScInterpreterInputError(
-                f"expression has non-numeric dtype {dtype}: convert it to numbers (e.g. `.astype('float32')`)."
-            )
+        return self.matcher.match(gene_names).report
 
     def _resolve_input_kind(self, sample: np.ndarray) -> str:
         sample = sample[np.isfinite(sample)]
@@ -344,15 +225,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             )
         return self.input_kind
 
-    def _dense_chunk(self, matrix, start, stop) -> np.ndarray:
-        chunk = matrix[start:stop]
-        chunk = chunk.toarray() if _is_sparse(chunk) else np.asarray(chunk)
-        return chunk.astype(np.float32, copy=False)
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Normalisation and ranking
-    # ----------------------------------------------------------------------------------------------------------------
-    def _normalize_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int) -> np.ndarray:
+    def _normalize_chunk(self, chunk, matched: MatchedGenes, input_kind: str, first_row: int) -> np.ndarray:
         """Checked, log-normalised expression of the matched genes (columns in vocabulary order)."""
         if not np.all(np.isfinite(chunk)):
             rows = first_row + np.flatnonzero(~np.all(np.isfinite(chunk), axis=1))[:5]
@@ -393,7 +266,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             self._reference = (key, profile)
         return self._reference[1]
 
-    def _rank_chunk(self, chunk, matched: _MatchedGenes, input_kind: str, first_row: int):
+    def _rank_chunk(self, chunk, matched: MatchedGenes, input_kind: str, first_row: int):
         values = self._normalize_chunk(chunk, matched, input_kind, first_row)
         score = values
         if self.selection == "excess" or self.token_value == "excess":
@@ -421,28 +294,18 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
 
     def _map_chunks(self, function, expression, gene_names, layer, min_matched_genes, show_progress):
         """Checks and matches the input once, then applies `function` to each chunk of cells (dense)."""
-        matrix, names = self._as_matrix(expression, gene_names, layer)
-        self._check(matrix, names)
-        matched = self._match(names)
-        report = matched.report
-        if report.n_matched < min(min_matched_genes, report.n_total):
-            raise ScInterpreterInputError(self._too_few_matches_message(report))
-        logger.info(report.summary())
-        if report.n_duplicates:
-            examples = [f"{names[column]} -> {self.gene_vocab[matched.vocab_ids[target]]}"
-                        for column, target in zip(matched.extra_columns[:5], matched.extra_targets[:5])]
-            logger.warning(
-                f"{report.n_duplicates} gene names appear more than once or map to a gene already matched "
-                f"(e.g. {', '.join(examples)}); their values are summed into one gene."
-            )
+        matrix, names = _as_matrix(expression, gene_names, layer)
+        _check_matrix(matrix, names)
+        matched = self.matcher.match(names)
+        self.matcher.check(matched, names, min_matched_genes)
         n_cells = matrix.shape[0]
-        first = self._dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
+        first = _dense_chunk(matrix, 0, min(n_cells, CHUNK_SIZE))
         input_kind = self._resolve_input_kind(first)
         starts = range(0, n_cells, CHUNK_SIZE)
         if show_progress and n_cells > CHUNK_SIZE:
             starts = tqdm(starts, desc="Selecting top genes", unit="chunk")
         return [
-            function(first if start == 0 else self._dense_chunk(matrix, start, start + CHUNK_SIZE), matched,
+            function(first if start == 0 else _dense_chunk(matrix, start, start + CHUNK_SIZE), matched,
                      input_kind, start)
             for start in starts
         ], matched
@@ -516,4 +379,5 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
-__all__ = ["GeneMatchReport", "ScInterpreterInputError", "ScInterpreterProcessor"]
+# GeneMatchReport and detect_gene_id_style are re-exported: they lived here before gene_matching_scinterpreter.py.
+__all__ = ["GeneMatchReport", "ScInterpreterInputError", "ScInterpreterProcessor", "detect_gene_id_style"]

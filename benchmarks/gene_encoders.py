@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from gene_matching_scinterpreter import GeneMatcher  # noqa: E402
 from processing_scinterpreter import ScInterpreterProcessor  # noqa: E402
 from scinterpreter.data import read_h5ad, split_cells  # noqa: E402
 from scinterpreter.genes import build_gene_table, load_gene_descriptions, load_gene_id_maps  # noqa: E402
@@ -56,10 +57,10 @@ def main(argv=None):
     # The genes the benchmark data measure (matched as the processor matches them): embedding all 46k
     # descriptions with the slower encoders would cost an hour on 2 cores and change none of the scores.
     full_vocab = load_gene_descriptions()
-    matcher = ScInterpreterProcessor(gene_vocab=list(full_vocab["symbol"]), **load_gene_id_maps(full_vocab["symbol"]))
+    matcher = GeneMatcher(list(full_vocab["symbol"]), **load_gene_id_maps(full_vocab["symbol"]))
     measured = set()
     for name in DATASETS:
-        matched = matcher._match(read_h5ad(SHARED / f"{name}.h5ad", backed="r").var_names)
+        matched = matcher.match(read_h5ad(SHARED / f"{name}.h5ad", backed="r").var_names)
         measured.update(matched.vocab_ids.tolist())
     descriptions = full_vocab.iloc[sorted(measured)].reset_index(drop=True)
     print(f"{len(descriptions)} genes measured in the shared datasets", flush=True)

@@ -85,7 +85,7 @@ def pack_gene_table(out: Path):
     rows = set()
     for name in DATASETS:
         names = anndata.read_h5ad(SHARED / f"{name}.h5ad", backed="r").var_names
-        rows.update(processor._match(names).vocab_ids.tolist())
+        rows.update(processor.matcher.match(names).vocab_ids.tolist())
     rows = np.array(sorted(rows), dtype=np.int32)
     # float16 keeps the bundle under the device's 64 MiB (a relative error of ~5e-4 per value, for screening).
     save_file({"rows": rows, "embeddings": np.ascontiguousarray(table.embeddings[rows].astype(np.float16))},

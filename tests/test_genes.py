@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import shared_file
 
-from processing_scinterpreter import ScInterpreterProcessor, detect_gene_id_style
+from gene_matching_scinterpreter import GeneMatcher, detect_gene_id_style
+from processing_scinterpreter import ScInterpreterProcessor
 from scinterpreter.genes import build_gene_table, load_gene_descriptions, load_gene_id_maps
 
 
@@ -33,6 +34,18 @@ def test_mouse_symbols_match_human_genes_through_orthologs(human_processor):
     assert vocab[out["gene_ids"][0, 0]] == "HLA-E"
     assert "INS" in {vocab[i] for i in out["gene_ids"][0][out["gene_mask"][0] == 1]}
     assert out["gene_mask"][0].sum() == 6
+
+
+def test_the_matcher_alone_matches_as_the_processor_does(human_processor):
+    names = ["CD3E", "cd19", "IDDM", "ENSG00000105383.15", "930", "MS4A1", "CD3E", "unknown-1"]
+    maps = {name: getattr(human_processor, name) for name in ("alias_map", "ensembl_map", "entrez_map", "ortholog_map")}
+    matched = GeneMatcher(human_processor.gene_vocab, **maps).match(names)
+    assert matched.report == human_processor.match_genes(names)
+    vocab = human_processor.gene_vocab
+    assert {names[column]: vocab[row] for column, row in zip(matched.columns, matched.vocab_ids)} == {
+        "CD3E": "CD3E", "cd19": "CD19", "IDDM": "INS", "ENSG00000105383.15": "CD33", "MS4A1": "MS4A1"}
+    # "930" (Entrez) is CD19 again and CD3E comes twice: both are summed into the gene matched first
+    assert [vocab[matched.vocab_ids[target]] for target in matched.extra_targets] == ["CD19", "CD3E"]
 
 
 @pytest.mark.parametrize("names, style", [

@@ -90,6 +90,14 @@ def test_duplicate_names_are_summed(processor):
     assert processor.match_genes(["CD3E", "cd3e", "INS"]).n_duplicates == 1
 
 
+def test_a_replaced_vocabulary_is_matched_afresh(processor):
+    assert processor.match_genes(["CD3E", "INS"]).n_matched == 2
+    processor.gene_vocab = ["INS"] + processor.gene_vocab[1:]  # same length, new list: the old matcher must not stay
+    assert processor.match_genes(["CD3E", "INS"]).by_rule["exact"] == 2
+    processor.gene_vocab = processor.gene_vocab[:-1]
+    assert processor.matcher.gene_vocab is processor.gene_vocab
+
+
 def test_saves_and_loads_with_auto_processor(tmp_path, processor, counts):
     from scinterpreter.build import register_auto_classes
     from conftest import tiny_config
