@@ -9,8 +9,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import GENES
+
+from scinterpreter.safety import REMOTE_CODE_FILES, REPO
 
 REQUIRED = ["torch", "transformers", "safetensors"]
 
@@ -100,12 +103,20 @@ def test_saved_folder_loads_with_only_torch_transformers_safetensors(tmp_path, s
 
 def test_saved_folder_holds_code_auto_map_and_only_safetensors_and_json(saved_tiny_model):
     files = {path.name for path in saved_tiny_model.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_scinterpreter.py",
-            "modeling_scinterpreter.py", "loading_scinterpreter.py", "processing_scinterpreter.py",
-            "pipeline_scinterpreter.py"} <= files
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE_FILES} <= files
     assert all(name.endswith((".json", ".safetensors", ".py")) for name in files), files
     config = json.loads((saved_tiny_model / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_scinterpreter.ScInterpreterForCellAnnotation"
     assert config["custom_pipelines"]["cell-annotation"]["impl"] == "pipeline_scinterpreter.CellAnnotationPipeline"
     processor_config = json.loads((saved_tiny_model / "preprocessor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_scinterpreter.ScInterpreterProcessor"
+
+
+def test_every_top_level_scinterpreter_file_is_a_remote_code_file():
+    assert sorted(path.name for path in REPO.glob("*_scinterpreter.py")) == sorted(REMOTE_CODE_FILES)
+
+
+def test_pyproject_installs_every_remote_code_file():
+    tomllib = pytest.importorskip("tomllib")
+    modules = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+    assert sorted(modules) == sorted(name.removesuffix(".py") for name in REMOTE_CODE_FILES)

@@ -6,6 +6,8 @@ from conftest import make_marker_dataset, make_tiny_backbone, shared_file
 from transformers import AutoModel
 
 import train
+from scinterpreter.safety import REMOTE_CODE_FILES
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -143,8 +145,8 @@ def test_push_to_hub_uploads_our_model_card_weights_config_and_code(tmp_path, mo
                           str(tmp_path / "run"), "--annotate_test_cells", "false", "--umap", "false",
                           "--push_to_hub", "true", "--hub_model_id", "me/tiny-annotator"])
     assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/tiny-annotator" == results["pushed_to"]
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_scinterpreter.py",
-            "processing_scinterpreter.py", "pipeline_scinterpreter.py", "README.md"} <= set(uploads[0]["files"])
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md",
+            *REMOTE_CODE_FILES} <= set(uploads[0]["files"])
     header = yaml.safe_load(uploads[0]["card"].split("---\n")[1])
     metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
     assert metrics == results["test"] and "checkpoint-*" in uploads[0]["ignore"]

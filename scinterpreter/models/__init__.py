@@ -21,6 +21,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ..safety import REMOTE_CODE_FILES
+
 ZOO = Path(__file__).resolve().parent
 # What a shipped folder holds; the code files are added from the installed package by `path()`, so that a model
 # always runs the code it was installed with and the repository keeps one copy of it.
@@ -29,8 +31,7 @@ PROCESSOR_REFERENCE = "processor_reference.json"
 # The processor config's entries that the installed package rebuilds (the vocabulary and its name maps): the same
 # for every model, so they are not shipped with each.
 REBUILT_PROCESSOR_KEYS = ("gene_vocab", "alias_map", "ensembl_map", "entrez_map", "ortholog_map")
-CODE_MODULES = ("configuration_scinterpreter", "modeling_scinterpreter", "loading_scinterpreter",
-                "processing_scinterpreter", "pipeline_scinterpreter")
+CODE_MODULES = tuple(name.removesuffix(".py") for name in REMOTE_CODE_FILES)
 
 
 def names() -> builtins.list:
