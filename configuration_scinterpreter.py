@@ -17,6 +17,10 @@ class ScInterpreterConfig(PretrainedConfig):
     Configuration of a scInterpreter model: a frozen Llama decoder (`text_config`) reads an instruction,
     one soft token per top-expressed gene and a learnable class token; a head classifies the class token.
 
+    The defaults below say what a saved `config.json` without the field means, so they never change: older folders
+    load as they were trained. New models take every choice from `scinterpreter.recipe.Recipe` instead (`build_model`
+    passes each one), which can differ: its `soft_token_rms` is `"auto"`.
+
     Args:
         text_config (`dict` or `LlamaConfig`, *optional*):
             Configuration of the frozen Llama-architecture backbone.

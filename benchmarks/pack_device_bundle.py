@@ -190,10 +190,12 @@ def unpack(bundle: Path):
 
 
 def main():
+    from scinterpreter.recipe import Recipe
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["pack", "unpack"])
     parser.add_argument("--out", "--bundle", dest="bundle", default=".device_bundle")
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=Recipe().num_backbone_layers)
     args = parser.parse_args()
     bundle = Path(args.bundle)
     if args.command == "unpack":

@@ -99,7 +99,9 @@ def main(argv=None):
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_dir = args.workdir / "model"
     if not (model_dir / "config.json").is_file():
-        model, processor = build_model([f"type{i}" for i in range(14)], num_backbone_layers=args.layers)
+        # Unfitted, so genes are chosen by expression (the recipe's `excess` needs a reference profile).
+        model, processor = build_model([f"type{i}" for i in range(14)], num_backbone_layers=args.layers,
+                                       gene_selection="expression")
         save_model_folder(model, processor, model_dir)
     records = []
     for n_cells in args.sizes:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from loading_scinterpreter import select_backbone_dtype  # noqa: E402
 from scinterpreter.build import build_model  # noqa: E402
+from scinterpreter.recipe import Recipe  # noqa: E402
 
 
 def cpu_description():
@@ -179,7 +180,9 @@ def main(argv=None):
                               "bfloat16": matmul_peak(torch.bfloat16, args.seconds / 2)}
     print(json.dumps({"matmul_flops": report["matmul_flops"]}), flush=True)
     peak_dtype = max(report["matmul_flops"], key=report["matmul_flops"].get)
-    runs = [(6, 64)] + ([(None, 64)] if args.full_depth else [])
+    default = Recipe()
+    runs = [(default.num_backbone_layers, default.n_top_genes)]
+    runs += [(None, default.n_top_genes)] if args.full_depth else []
     report["runs"] = []
     for layers, k in runs:
         result = measure(layers, k, args.seconds, getattr(torch, peak_dtype), rounds=args.rounds)

@@ -8,10 +8,12 @@ The model itself lives in the top-level Hub files (`configuration_scinterpreter.
 from .backbone import DEFAULT_BACKBONE, load_backbone, resolve_backbone
 from .build import build_model, register_auto_classes
 from .genes import GeneTable, build_gene_table, load_gene_descriptions
+from .recipe import Recipe
 
 __all__ = [
     "DEFAULT_BACKBONE",
     "GeneTable",
+    "Recipe",
     "build_gene_table",
     "build_model",
     "load_backbone",

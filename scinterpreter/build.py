@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,8 +12,9 @@ from loading_scinterpreter import backbone_fingerprint, select_backbone_dtype
 from modeling_scinterpreter import ScInterpreterForCellAnnotation
 from processing_scinterpreter import ScInterpreterProcessor
 
-from .backbone import DEFAULT_BACKBONE, load_backbone
-from .genes import GeneTable, build_gene_table, load_gene_id_maps
+from .backbone import load_backbone
+from .genes import GeneTable, build_gene_table, load_gene_descriptions, load_gene_id_maps
+from .recipe import CONFIG_FIELDS, PROCESSOR_FIELDS, Recipe
 from .safety import REMOTE_CODE_FILES
 
 logger = logging.getLogger(__name__)
@@ -57,32 +59,39 @@ def save_model_folder(model, processor, folder, state_dict=None, adapter_only=Fa
 
 def build_model(
     labels,
-    backbone: str = DEFAULT_BACKBONE,
-    num_backbone_layers: int | None = None,
+    recipe: Recipe | None = None,
+    *,
     gene_table: GeneTable | None = None,
-    n_top_genes: int = 64,
-    instruction: str = DEFAULT_INSTRUCTION,
     backbone_dtype: torch.dtype | None = None,
-    processor_kwargs: dict | None = None,
-    soft_token_rms: float | str | None = None,
-    **config_kwargs,
+    device="cpu",
+    class_weights=None,
+    instruction: str = DEFAULT_INSTRUCTION,
+    **changes,
 ):
     """
-    A new, untrained `ScInterpreterForCellAnnotation` and its `ScInterpreterProcessor`.
+    A new, untrained `ScInterpreterForCellAnnotation` and its unfitted `ScInterpreterProcessor`, as `recipe` says.
+
+        model, processor = build_model(["alpha", "beta"])                         # what train.py builds by default
+        model, processor = build_model(["alpha", "beta"], num_backbone_layers=2)  # one recipe field changed
 
     Args:
         labels (`list[str]`): the cell types, in label-id order.
-        backbone (`str`): any Llama-architecture checkpoint, by Hub id or path (default: SmolLM2-135M-Instruct).
-        num_backbone_layers (`int`, *optional*): keep only the first N decoder layers (default: all).
-        gene_table (`GeneTable`, *optional*): gene vocabulary and embeddings (default: built-in human table,
-            wordllama, centred).
-        backbone_dtype (`torch.dtype`, *optional*): dtype of the frozen backbone (default: fastest on this CPU).
-        soft_token_rms (`float` or `"auto"`, *optional*): rescale every soft token to this RMS; `"auto"` takes
-            the RMS of the backbone's token embeddings; `None` or `"none"` leaves the projector's scale (the paper).
+        recipe (`Recipe`, *optional*): backbone, layers, gene table, sizes and options (default: `Recipe()`).
+        gene_table (`GeneTable`, *optional*): gene vocabulary and embeddings (default: built as the recipe says).
+        backbone_dtype (`torch.dtype`, *optional*): dtype of the frozen backbone (default: `recipe.backbone_dtype`
+            on `device`).
+        class_weights (`list[float]`, *optional*): per-label loss weights.
+        changes: `Recipe` fields to change, e.g. `n_top_genes=32`. `soft_token_rms` may be a number, `"auto"` (the
+            RMS of the backbone's token embeddings) or `"none"` / `None` (the projector's scale, as in the paper).
     """
-    gene_table = gene_table or build_gene_table()
-    backbone_dtype = backbone_dtype or select_backbone_dtype("cpu")
-    language_model, tokenizer = load_backbone(backbone, num_backbone_layers, dtype=torch.float32)
+    recipe = replace(recipe or Recipe(), **changes)
+    if gene_table is None:
+        descriptions = load_gene_descriptions(path=recipe.gene_descriptions) if recipe.gene_descriptions else None
+        gene_table = build_gene_table(descriptions, encoder=recipe.gene_encoder, center=recipe.center_gene_table)
+    backbone_dtype = backbone_dtype or select_backbone_dtype(device, recipe.backbone_dtype)
+    num_layers = recipe.num_backbone_layers if (recipe.num_backbone_layers or 0) > 0 else None
+    language_model, tokenizer = load_backbone(recipe.backbone, num_layers, dtype=torch.float32)
+    soft_token_rms = recipe.soft_token_rms
     if soft_token_rms == "auto":
         soft_token_rms = round(float(language_model.embed_tokens.weight.detach().pow(2).mean().sqrt()), 4)
     elif soft_token_rms in (None, "none"):
@@ -93,7 +102,6 @@ def build_model(
         text_config=language_model.config.to_dict(),
         gene_vocab_size=len(gene_table.vocab),
         gene_embedding_dim=gene_table.dim,
-        n_top_genes=n_top_genes,
         instruction=instruction,
         instruction_token_ids=tokenizer(instruction)["input_ids"],
         species=gene_table.species,
@@ -102,18 +110,19 @@ def build_model(
         gene_table_hash=gene_table.content_hash,
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-        backbone_name_or_path=backbone,
+        backbone_name_or_path=recipe.backbone,
         soft_token_rms=soft_token_rms,
+        class_weights=class_weights,
         scinterpreter_version=package_version(),
         backbone_fingerprint=backbone_fingerprint(language_model.state_dict()),
-        **config_kwargs,
+        **{name: getattr(recipe, name) for name in CONFIG_FIELDS},
     )
     register_auto_classes(config)
     model = ScInterpreterForCellAnnotation(config)
     model.model.load_backbone_weights(language_model.state_dict())
     model.model.gene_embeddings.copy_(torch.from_numpy(gene_table.embeddings))
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
-    processor = build_processor(gene_table, n_top_genes=n_top_genes, **(processor_kwargs or {}))
+    processor = build_processor(gene_table, **{name: getattr(recipe, name) for name in PROCESSOR_FIELDS})
     return model, processor
 
 

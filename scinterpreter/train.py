@@ -22,6 +22,7 @@ from transformers import HfArgumentParser, pipeline, set_seed
 
 from processing_scinterpreter import ScInterpreterInputError
 
+from .build import build_model
 from .data import CellDataset, check_label_column, read_h5ad, split_cells
 from .demo_data import DEMO_DATASETS, fetch_demo_dataset
 from .evaluation import annotation_metrics, per_class_report
@@ -31,7 +32,7 @@ from .model_card import write_model_card
 from .optional import require
 from .plots import genept_w, plot_confusion_matrix, plot_reliability, plot_umaps
 from .trainer import ScInterpreterTrainer
-from .training import Recipe, ScInterpreterTrainingArguments, build_model_from_recipe, fit
+from .training import Recipe, ScInterpreterTrainingArguments, fit
 
 logger = logging.getLogger("scinterpreter.train")
 
@@ -266,7 +267,7 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     else:  # plain strings (Tahoe-100M's cell_line_id): the types met among the training cells
         classes = sorted(train_labels)
         label2id = {label: i for i, label in enumerate(classes)}
-    model, processor = build_model_from_recipe(recipe, classes, device=training_args.device)
+    model, processor = build_model(classes, recipe, device=training_args.device)
     if training_args.max_steps <= 0:
         per_step = training_args.per_device_train_batch_size * training_args.world_size
         training_args.max_steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)

@@ -1,5 +1,5 @@
-"""Training scInterpreter: `Recipe`, the one place that holds the defaults, and `fit`, the one training path that
-`train.py`, the benchmarks and the tests all call.
+"""Training scInterpreter: `fit`, the one training path that `train.py`, the benchmarks and the tests all call, with
+`Recipe` (from `scinterpreter.recipe`, where every recipe default is written) and `ScInterpreterTrainingArguments`.
 
     from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
 
@@ -18,106 +18,14 @@ from transformers import TrainingArguments
 
 from processing_scinterpreter import ScInterpreterInputError
 
-from .backbone import DEFAULT_BACKBONE
 from .build import build_model
 from .data import CellDataset
-from .genes import build_gene_table, load_gene_descriptions
 from .optional import require
+from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
 VALIDATION = "validation"
-
-
-@dataclass
-class Recipe:
-    """What scInterpreter trains and how, beyond `TrainingArguments`: the defaults measured in docs/experiments.md."""
-
-    backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "Llama-architecture checkpoint: Hub id or path."})
-    num_backbone_layers: int | None = field(
-        default=6, metadata={"help": "Keep the first N decoder layers (0 or less: all of them)."}
-    )
-    backbone_dtype: str = field(
-        default="auto",
-        metadata={"help": "dtype of the frozen backbone: auto (bfloat16 where the device runs it natively, else "
-                          "float32), float32 or bfloat16. $SCINTERPRETER_BACKBONE_DTYPE overrides auto."},
-    )
-    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
-    gene_selection: str = field(
-        default="excess",
-        metadata={"help": "How each cell's genes are chosen: excess (expression minus the gene's mean over the "
-                          "training cells, a reference the processor fits) or expression (the paper's rule)."},
-    )
-    token_value: str = field(
-        default="expression",
-        metadata={"help": "What weighs each gene's soft token: expression (log-normalised) or excess."},
-    )
-    exclude_genes: str | None = field(
-        default=None,
-        metadata={"help": "Genes never chosen as a cell's top genes: ribosomal_mitochondrial (RPS/RPL/MT- genes) or "
-                          "a regular expression on gene symbols. They still count in the library size."},
-    )
-    gene_encoder: str = field(default="wordllama", metadata={"help": "Gene text encoder: wordllama or random."})
-    gene_descriptions: str | None = field(default=None, metadata={"help": "Your own symbol/description TSV."})
-    center_gene_table: bool = field(default=True, metadata={"help": "Remove the mean gene vector (recommended)."})
-    head_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the classification head."})
-    head_norm: bool = field(default=False, metadata={"help": "LayerNorm the cell embedding before the head."})
-    soft_token_rms: str = field(
-        default="auto",
-        metadata={"help": "Root-mean-square of each gene soft token: auto (that of the backbone's token embeddings, "
-                          "about 0.14 for SmolLM2), a number, or none (the projector's own scale, as in the paper)."},
-    )
-    gene_offsets: bool = field(
-        default=False,
-        metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper)."},
-    )
-    gene_dropout: float = field(
-        default=0.0,
-        metadata={"help": "In training only, the share of each cell's genes left out of its soft tokens at random "
-                          "(an augmentation; beyond the paper)."},
-    )
-    lora_rank: int = field(
-        default=0, metadata={"help": "Rank of low-rank adapters on the backbone's q and v projections (0: none)."}
-    )
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update x alpha / rank)."})
-    cell_pooling: str = field(
-        default="class_token",
-        metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
-    )
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
-    class_weighting: str = field(
-        default="none",
-        metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse."},
-    )
-    class_balance: float = field(
-        default=0.5,
-        metadata={"help": "Class-balanced sampling: each cell is drawn with weight (cells of its type)^-power; 0 "
-                          "keeps the data's frequencies, 0.5 draws rare types more often, 1 draws every type equally."},
-    )
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": "Share of each cell type's training cells held out to evaluate every epoch (types with "
-                          "fewer than 1/fraction cells give none); 0 holds none out."},
-    )
-    keep_best_epoch: bool = field(
-        default=False,
-        metadata={"help": "End with the epoch of best validation `best_epoch_metric` instead of the last one (on the "
-                          "shared splits the last epoch was better: docs/experiments.md)."},
-    )
-    best_epoch_metric: str = field(
-        default="macro_f1", metadata={"help": "Validation metric that picks the epoch: macro_f1, accuracy or loss."}
-    )
-    calibrate: bool = field(
-        default=True,
-        metadata={"help": "Fit a temperature on the validation cells after training, so that the pipeline's "
-                          "probabilities mean what they say (stored as config.calibration_temperature), and the "
-                          "confidence under which a cell is called Unassigned (config.unassigned_threshold)."},
-    )
-    unassigned_score: str = field(
-        default="max_probability",
-        metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated) or "
-                          "energy (docs/benchmarks/unknown_types.md)."},
-    )
 
 
 @dataclass
@@ -201,35 +109,6 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int):
         held_out.extend(rng.choice(members, size=int(fraction * len(members)), replace=False).tolist())
     validation = np.sort(np.array(held_out, dtype=np.int64))
     return np.setdiff1d(positions, validation), validation
-
-
-def build_model_from_recipe(recipe: Recipe, classes, class_weights=None, device="cpu"):
-    """A fresh, untrained model and unfitted processor for `classes`, as `recipe` describes them."""
-    from loading_scinterpreter import select_backbone_dtype
-
-    descriptions = load_gene_descriptions(path=recipe.gene_descriptions) if recipe.gene_descriptions else None
-    gene_table = build_gene_table(descriptions, encoder=recipe.gene_encoder, center=recipe.center_gene_table)
-    num_layers = recipe.num_backbone_layers if (recipe.num_backbone_layers or 0) > 0 else None
-    return build_model(
-        classes,
-        backbone=recipe.backbone,
-        num_backbone_layers=num_layers,
-        gene_table=gene_table,
-        n_top_genes=recipe.n_top_genes,
-        backbone_dtype=select_backbone_dtype(device, recipe.backbone_dtype),
-        processor_kwargs={"exclude_genes": recipe.exclude_genes, "gene_selection": recipe.gene_selection,
-                          "token_value": recipe.token_value},
-        head_hidden_size=recipe.head_hidden_size,
-        head_norm=recipe.head_norm,
-        label_smoothing=recipe.label_smoothing,
-        class_weights=class_weights,
-        soft_token_rms=recipe.soft_token_rms,
-        gene_offsets=recipe.gene_offsets,
-        gene_dropout=recipe.gene_dropout,
-        lora_rank=recipe.lora_rank,
-        lora_alpha=recipe.lora_alpha,
-        cell_pooling=recipe.cell_pooling,
-    )
 
 
 def annotation_scores(eval_prediction) -> dict:
@@ -325,7 +204,7 @@ def fit(
     training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, len(validation) > 0)
 
     class_weights = loss_class_weights(labels[train], classes, recipe.class_weighting)
-    model, processor = build_model_from_recipe(recipe, classes, class_weights, device=training_args.device)
+    model, processor = build_model(classes, recipe, class_weights=class_weights, device=training_args.device)
     if processor.selection == "excess" or processor.token_value == "excess":
         processor.fit(expression, gene_names=gene_names, layer=layer)
     encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="np", show_progress=True)
