@@ -1,5 +1,6 @@
 """The `cell-annotation` pipeline: expression data in, one label per cell out."""
 
+import difflib
 import logging
 
 import numpy as np
@@ -17,11 +18,13 @@ except ImportError:  # imported as a top-level module rather than as Hub remote 
 logger = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
-# The options of a call, in this order, and their defaults.
-CALL_DEFAULTS = {"gene_names": None, "layer": None, "batch_size": 64, "top_k": 3, "threshold": 0.0,
-                 "key_added": "scinterpreter", "copy": True, "overwrite": False, "show_progress": None,
-                 "compile_backbone": None, "explain": False, "majority_voting": False, "over_clustering": None,
-                 "refit_reference": False}
+# The options of a call and their defaults, by the step they steer: encoding the cells, running the model over them,
+# making results of its outputs.
+PREPROCESS_DEFAULTS = {"gene_names": None, "layer": None, "refit_reference": False}
+FORWARD_DEFAULTS = {"batch_size": 64, "compile_backbone": None, "show_progress": None, "explain": False}
+POSTPROCESS_DEFAULTS = {"top_k": 3, "threshold": 0.0, "key_added": "scinterpreter", "copy": True, "overwrite": False,
+                        "majority_voting": False, "over_clustering": None}
+CALL_DEFAULTS = {**PREPROCESS_DEFAULTS, **FORWARD_DEFAULTS, **POSTPROCESS_DEFAULTS}
 PROGRESS_MIN_CELLS = 1024
 # Fewer cells than this make a noisy reference profile: refit_reference refuses them.
 REFIT_MIN_CELLS = 50
@@ -56,7 +59,10 @@ class CellAnnotationPipeline(Pipeline):
     ...                                     # uns["scinterpreter"] on a copy (result.adata)
     >>> annotate(matrix, gene_names=genes)  # numpy / scipy.sparse, cells x genes
     >>> annotate({"CD3E": 5, "CD3D": 3})    # one cell
+    >>> annotate = pipeline("cell-annotation", model="path/or/hub-id", trust_remote_code=True, threshold="auto")
     ```
+
+    Options given at construction are the defaults of every call; a call's own options win (see `__call__`).
     """
 
     _load_tokenizer = False
@@ -69,50 +75,77 @@ class CellAnnotationPipeline(Pipeline):
         if processor is None:
             processor = AutoProcessor.from_pretrained(model.name_or_path, trust_remote_code=True)
         super().__init__(model=model, processor=processor, **kwargs)
+        # The base class sets batch_size aside for the DataLoader of its __call__, which this pipeline replaces.
+        if self._batch_size is not None:
+            self._forward_params["batch_size"] = self._batch_size
         if self.model.base_model.backbone_dtype != select_backbone_dtype(self.device):
             self.model.set_backbone_dtype(select_backbone_dtype(self.device))
         self.model.eval()
 
     def _sanitize_parameters(self, **kwargs):
-        # Options given to `pipeline(...)` become this pipeline's defaults; a call's own options override them.
-        options = {key: value for key, value in kwargs.items() if key in CALL_DEFAULTS and value is not None}
-        preprocess = {key: options.pop(key) for key in ("gene_names", "layer") if key in options}
-        return preprocess, {}, options
+        unknown = [key for key in kwargs if key not in CALL_DEFAULTS]
+        if unknown:
+            named = [f"{key!r}" + "".join(f" (did you mean {guess!r}?)" for guess in
+                                          difflib.get_close_matches(key, CALL_DEFAULTS, n=1)) for key in unknown]
+            raise ScInterpreterInputError(
+                f"unknown option {', '.join(named)}: the cell-annotation pipeline takes {', '.join(CALL_DEFAULTS)}."
+            )
+        # None stands for an option not given, as in transformers' pipelines: the construction's value or the default.
+        options = {key: value for key, value in kwargs.items() if value is not None}
+        if "threshold" in options:
+            options["threshold"] = self._check_threshold(options["threshold"])
+        if "explain" in options:
+            options["explain"] = self._check_explain(options["explain"])
+        return tuple({key: value for key, value in options.items() if key in defaults}
+                     for defaults in (PREPROCESS_DEFAULTS, FORWARD_DEFAULTS, POSTPROCESS_DEFAULTS))
 
-    def preprocess(self, expression, gene_names=None, layer=None):
-        return self.processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
+    def preprocess(self, expression, gene_names=None, layer=None, refit_reference=False):
+        processor = self._refitted_processor(expression, gene_names, layer) if refit_reference else self.processor
+        encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
+        return {name: encoded[name] for name in ("gene_ids", "gene_values", "gene_mask")}
 
-    def _forward(self, model_inputs):
-        inputs = {name: model_inputs[name] for name in ("gene_ids", "gene_values", "gene_mask")}
-        outputs = self.model(**inputs)
-        return {"logits": outputs.logits, "cell_embeddings": outputs.cell_embeddings, "gene_mask": inputs["gene_mask"]}
+    def get_inference_context(self):
+        # Lighter than the base class's no_grad: nothing here is ever differentiated.
+        return torch.inference_mode
 
-    def _forward_batch(self, batch, batch_size):
+    def _forward(self, model_inputs, batch_size=None, explain=False):
+        logits, cell_embeddings = self._run_model(model_inputs, batch_size)
+        # Taken here, on the model's device, since `forward` moves what this returns to the CPU.
+        probabilities = self.model.probabilities(logits)
+        model_outputs = {"logits": logits, "probabilities": probabilities, "confidence": self.model.confidence(logits),
+                         "cell_embeddings": cell_embeddings, "gene_mask": model_inputs["gene_mask"]}
+        if explain:
+            model_outputs["gene_ids"] = model_inputs["gene_ids"]
+            model_outputs["attributions"] = self.model.gene_attributions(**model_inputs,
+                                                                         target=probabilities.argmax(-1))
+        return model_outputs
+
+    def _run_model(self, model_inputs, batch_size=None):
+        """The logits and cell embeddings of a batch, padded to `batch_size` cells where the backbone is compiled."""
         base_model = self.model.base_model
-        n_cells = len(batch["gene_ids"])
-        if not base_model.is_backbone_compiled:
-            return self._forward(batch)
-        # A compiled backbone is specialised to one batch shape: a short last batch is padded rather than compiled
-        # again.
-        rows = torch.arange(batch_size, device=batch["gene_ids"].device).clamp(max=n_cells - 1)
-        try:
-            outputs = self._forward({name: tensor[rows] for name, tensor in batch.items()})
-        except Exception as error:  # Inductor compiles on first use: a missing C++ compiler surfaces here
-            logger.warning(f"torch.compile of the backbone failed ({type(error).__name__}: {error}); "
-                           "running uncompiled. Pass compile_backbone=False to skip trying.")
-            base_model.compile_backbone(False)
-            return self._forward(batch)
-        return {name: tensor[:n_cells] for name, tensor in outputs.items()}
+        if base_model.is_backbone_compiled:
+            # A compiled backbone is specialised to one batch shape: a short last batch is padded rather than compiled
+            # again.
+            n_cells = len(model_inputs["gene_ids"])
+            rows = torch.arange(batch_size or n_cells, device=model_inputs["gene_ids"].device).clamp(max=n_cells - 1)
+            try:
+                outputs = self.model(**{name: tensor[rows] for name, tensor in model_inputs.items()})
+                return outputs.logits[:n_cells], outputs.cell_embeddings[:n_cells]
+            except Exception as error:  # Inductor compiles on first use: a missing C++ compiler surfaces here
+                logger.warning(f"torch.compile of the backbone failed ({type(error).__name__}: {error}); "
+                               "running uncompiled. Pass compile_backbone=False to skip trying.")
+                base_model.compile_backbone(False)
+        outputs = self.model(**model_inputs)
+        return outputs.logits, outputs.cell_embeddings
 
-    def postprocess(self, model_outputs, top_k=3, threshold=0.0):
-        logits = model_outputs["logits"]
-        probabilities = self.model.probabilities(logits).cpu().numpy()
+    def postprocess(self, model_outputs, top_k=3, threshold=0.0, explain=0):
+        probabilities = model_outputs["probabilities"].numpy()
         if threshold == "auto":
-            confidence = self.model.confidence(logits).cpu().numpy()
+            confidence = model_outputs["confidence"].numpy()
             threshold = self.model.config.unassigned_threshold
         else:
             confidence = probabilities.max(-1)
-        empty = model_outputs["gene_mask"].sum(-1).cpu().numpy() == 0
+        empty = model_outputs["gene_mask"].sum(-1).numpy() == 0
         id2label = self.model.config.id2label
         k = min(top_k, probabilities.shape[-1])
         results = CellAnnotations()
@@ -121,6 +154,8 @@ class CellAnnotationPipeline(Pipeline):
             top = [{"label": id2label[int(i)], "score": float(cell_probabilities[i])} for i in best]
             label = top[0]["label"] if cell_confidence >= threshold and not is_empty else UNASSIGNED
             results.append({"label": label, "score": top[0]["score"], "top_k": top})
+        if explain:
+            self._explain(results, model_outputs, explain)
         results.probabilities = probabilities
         return results
 
@@ -140,27 +175,18 @@ class CellAnnotationPipeline(Pipeline):
             )
         return float(threshold)
 
-    def __call__(
-        self,
-        expression,
-        gene_names=None,
-        layer=None,
-        batch_size=None,
-        top_k=None,
-        threshold=None,
-        key_added=None,
-        copy=None,
-        overwrite=None,
-        show_progress=None,
-        compile_backbone=None,
-        explain=None,
-        majority_voting=None,
-        over_clustering=None,
-        refit_reference=None,
-    ):
+    @staticmethod
+    def _check_explain(explain):
+        """The number of genes to explain each cell by: 5 for `True`, 0 for `False`."""
+        n_explained = 5 if explain is True else int(explain or 0)
+        if n_explained < 0:
+            raise ScInterpreterInputError(f"explain must be True, False or a number of genes >= 0, got {explain!r}.")
+        return n_explained
+
+    def __call__(self, expression, **kwargs):
         r"""
-        Every option left out takes the value given to `pipeline("cell-annotation", ..., option=...)`, else the
-        default below.
+        Every option can also be given to `pipeline("cell-annotation", ..., option=...)`, where it becomes the
+        default of every call; a call's own options win (`None` counts as not given). Unknown options are refused.
 
         Args:
             expression: an AnnData, a numpy array or scipy.sparse matrix (cells x genes, with `gene_names`),
@@ -209,19 +235,15 @@ class CellAnnotationPipeline(Pipeline):
             `CellAnnotations`: a list with one `{"label", "score", "top_k": [{"label", "score"}, ...]}` per cell, and
             `.probabilities` (cells x cell types, in the order of `.labels`) and `.embeddings`.
         """
-        given = {"gene_names": gene_names, "layer": layer, "batch_size": batch_size, "top_k": top_k,
-                 "threshold": threshold, "key_added": key_added, "copy": copy, "overwrite": overwrite,
-                 "show_progress": show_progress, "compile_backbone": compile_backbone, "explain": explain,
-                 "majority_voting": majority_voting, "over_clustering": over_clustering,
-                 "refit_reference": refit_reference}
-        options = {**CALL_DEFAULTS, **self._preprocess_params, **self._postprocess_params,
-                   **{key: value for key, value in given.items() if value is not None}}
-        (gene_names, layer, batch_size, top_k, threshold, key_added, copy, overwrite, show_progress, compile_backbone,
-         explain, majority_voting, over_clustering, refit_reference) = (options[key] for key in CALL_DEFAULTS)
-        threshold = self._check_threshold(threshold)
-        n_explained = 5 if explain is True else int(explain or 0)
-        if n_explained < 0:
-            raise ScInterpreterInputError(f"explain must be True, False or a number of genes >= 0, got {explain!r}.")
+        # The base class's __call__ runs preprocess -> forward -> postprocess on one item, or on each item of a list
+        # through a DataLoader. Here one item is a whole matrix or AnnData: it is encoded at once (a refitted reference
+        # needs all its cells), run through forward and postprocess batch by batch, voted on and written back into the
+        # AnnData. So of the base's __call__ only the merge of options is kept: the call's over the construction's.
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        options = {**CALL_DEFAULTS, **self._preprocess_params, **self._forward_params, **self._postprocess_params,
+                   **preprocess_params, **forward_params, **postprocess_params}
+        (gene_names, layer, refit_reference, batch_size, compile_backbone, show_progress, n_explained, top_k, threshold,
+         key_added, copy, overwrite, majority_voting, over_clustering) = (options[key] for key in CALL_DEFAULTS)
         is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
         if is_anndata:
             taken = [key for key in (key_added, f"{key_added}_score") if key in expression.obs.columns]
@@ -237,8 +259,7 @@ class CellAnnotationPipeline(Pipeline):
                 raise ScInterpreterInputError(
                     f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
                 )
-        processor = self._refitted_processor(expression, gene_names, layer) if refit_reference else self.processor
-        encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
+        encoded = self.preprocess(expression, gene_names=gene_names, layer=layer, refit_reference=refit_reference)
         n_cells = encoded["gene_ids"].shape[0]
         if majority_voting and over_clustering is not None:
             over_clustering = self._given_clusters(expression, over_clustering, n_cells, is_anndata)
@@ -253,17 +274,13 @@ class CellAnnotationPipeline(Pipeline):
             compile_backbone = False
         base_model.compile_backbone(compile_backbone)
         results, embeddings, probabilities = CellAnnotations(), [], []
-        with torch.inference_mode():
-            for start in starts:
-                batch = {name: encoded[name][start : start + batch_size].to(self.device) for name in
-                         ("gene_ids", "gene_values", "gene_mask")}
-                outputs = self._forward_batch(batch, batch_size)
-                annotated = self.postprocess(outputs, top_k=top_k, threshold=threshold)
-                if n_explained:
-                    self._explain(annotated, batch, n_explained)
-                results.extend(annotated)
-                probabilities.append(annotated.probabilities)
-                embeddings.append(outputs["cell_embeddings"].float().cpu().numpy())
+        for start in starts:
+            batch = {name: tensor[start : start + batch_size] for name, tensor in encoded.items()}
+            outputs = self.forward(batch, batch_size=batch_size, explain=bool(n_explained))
+            annotated = self.postprocess(outputs, top_k=top_k, threshold=threshold, explain=n_explained)
+            results.extend(annotated)
+            probabilities.append(annotated.probabilities)
+            embeddings.append(outputs["cell_embeddings"].float().numpy())
         results.embeddings = np.concatenate(embeddings)
         results.probabilities = np.concatenate(probabilities).astype(np.float32)
         results.labels = [self.model.config.id2label[i] for i in range(results.probabilities.shape[1])]
@@ -355,13 +372,12 @@ class CellAnnotationPipeline(Pipeline):
             )
         return clusters
 
-    def _explain(self, annotated, batch, n_explained):
+    def _explain(self, results, model_outputs, n_explained):
         """Adds each cell's `n_explained` genes of largest attribution to its result."""
-        target = torch.as_tensor(annotated.probabilities.argmax(-1), device=batch["gene_ids"].device)
-        attributions = self.model.gene_attributions(**batch, target=target).cpu().numpy()
-        gene_ids, mask = batch["gene_ids"].cpu().numpy(), batch["gene_mask"].cpu().numpy().astype(bool)
+        attributions = model_outputs["attributions"].numpy()
+        gene_ids, mask = model_outputs["gene_ids"].numpy(), model_outputs["gene_mask"].numpy().astype(bool)
         vocab = self.processor.gene_vocab
-        for result, cell_attributions, cell_ids, cell_mask in zip(annotated, attributions, gene_ids, mask):
+        for result, cell_attributions, cell_ids, cell_mask in zip(results, attributions, gene_ids, mask):
             order = [i for i in np.argsort(-cell_attributions, kind="stable") if cell_mask[i]][:n_explained]
             result["genes"] = [{"gene": vocab[cell_ids[i]], "attribution": float(cell_attributions[i])}
                                for i in order]

@@ -119,7 +119,9 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         compile_backbone = n_cells >= getattr(annotate, "compile_min_cells", float("inf"))
     options = {}
     if compile_backbone:
-        if "compile_backbone" in inspect.signature(annotate.__call__).parameters:
+        parameters = inspect.signature(annotate.__call__).parameters
+        # Older pipelines name each option; newer ones take them as **kwargs, compile_backbone among them.
+        if "compile_backbone" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             options["compile_backbone"] = True
         else:
             logger.warning("This model folder's pipeline code predates compile_backbone: annotating uncompiled.")

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -162,6 +164,91 @@ def test_options_given_at_construction_are_the_defaults_of_every_call(saved_tiny
     overridden = annotate(counts, gene_names=GENES, top_k=2, threshold=0.0)
     assert all(len(r["top_k"]) == 2 for r in overridden) and "Unassigned" not in {r["label"] for r in overridden}
 
+
+
+# Per option: given at construction, then given to a call; each with an effect that a call shows.
+OPTIONS = {
+    "gene_names": ({"gene_names": GENES[::-1]}, {"gene_names": GENES}),
+    "layer": ({"layer": "zeros"}, {"layer": "counts"}),
+    "refit_reference": ({"refit_reference": True}, {"refit_reference": False}),
+    "batch_size": ({"batch_size": 5}, {"batch_size": 4}),
+    "compile_backbone": ({"compile_backbone": True}, {"compile_backbone": False}),
+    "show_progress": ({"show_progress": True}, {"show_progress": False}),
+    "explain": ({"explain": 2}, {"explain": False}),
+    "top_k": ({"top_k": 1}, {"top_k": 2}),
+    "threshold": ({"threshold": 0.99}, {"threshold": 0.0}),
+    "key_added": ({"key_added": "mine"}, {"key_added": "theirs"}),
+    "copy": ({"copy": False}, {"copy": True}),
+    "overwrite": ({"key_added": "cell_type", "overwrite": True}, {"overwrite": False}),
+    "majority_voting": ({"majority_voting": True, "over_clustering": "cell_type"}, {"majority_voting": False}),
+    "over_clustering": ({"majority_voting": True, "over_clustering": "cell_type"}, {"over_clustering": "nope"}),
+}
+
+
+def _spied_pipeline(folder, monkeypatch, seen, **options):
+    """A pipeline that records in `seen` the batches its model runs, its compile choices and its progress bars."""
+    annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True, **options)
+    forward = annotate.model.forward
+
+    def counted_forward(*args, **kwargs):
+        seen["batches"].append(len(args[0] if args else kwargs["gene_ids"]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(annotate.model, "forward", counted_forward)
+    monkeypatch.setattr(annotate.model.model, "compile_backbone", lambda enable=True: seen["compile"].append(enable))
+    module = sys.modules[type(annotate).__module__]
+    monkeypatch.setattr(module, "tqdm", lambda steps, **kwargs: seen["progress"].append(len(steps)) or steps)
+    return annotate
+
+
+def _what_a_call_shows(annotate, adata, seen, **options):
+    """The results of `annotate(adata, **options)`, what it wrote, and what `seen` recorded; or its error."""
+    for records in seen.values():
+        records.clear()
+    given = adata.copy()
+    try:
+        results = annotate(given, **options)
+    except ValueError as error:
+        return str(error)
+    annotated = results.adata
+    return {"labels": [r["label"] for r in results], "scores": [r["score"] for r in results],
+            "top_k": [len(r["top_k"]) for r in results], "genes": [len(r.get("genes", ())) for r in results],
+            "votes": [r.get("majority_voting") for r in results], "in_place": annotated is given,
+            "obs": sorted(annotated.obs.columns), "obsm": sorted(annotated.obsm), "uns": sorted(annotated.uns),
+            **{name: list(records) for name, records in seen.items()}}
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_an_option_given_at_construction_holds_for_every_call_that_does_not_give_its_own(
+        saved_tiny_model, adata, monkeypatch, option):
+    at_construction, at_call = OPTIONS[option]
+    adata.layers["counts"], adata.layers["zeros"] = adata.X.copy(), np.zeros_like(adata.X)
+    seen = {"batches": [], "compile": [], "progress": []}
+    plain = _spied_pipeline(saved_tiny_model, monkeypatch, seen)
+    constructed = _spied_pipeline(saved_tiny_model, monkeypatch, seen, **at_construction)
+    shown = _what_a_call_shows(constructed, adata, seen)
+    assert shown == _what_a_call_shows(plain, adata, seen, **at_construction)
+    assert shown != _what_a_call_shows(plain, adata, seen)
+    # The call's own options win over the construction's.
+    overridden = _what_a_call_shows(constructed, adata, seen, **at_call)
+    assert overridden == _what_a_call_shows(plain, adata, seen, **{**at_construction, **at_call}) != shown
+
+
+def test_an_unknown_option_is_refused_at_construction_and_at_the_call(saved_tiny_model, counts):
+    with pytest.raises(ValueError, match=r"unknown option 'treshold' \(did you mean 'threshold'\?\)") as error:
+        pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, treshold=0.5)
+    assert type(error.value).__name__ == ScInterpreterInputError.__name__
+    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)
+    with pytest.raises(ValueError, match="unknown option 'topk'.*takes gene_names, layer") as error:
+        annotate(counts, gene_names=GENES, topk=5)
+    assert type(error.value).__name__ == ScInterpreterInputError.__name__
+
+
+@pytest.mark.parametrize("option, message", [({"threshold": 1.5}, "threshold must be a probability"),
+                                             ({"explain": -1}, "explain must be")])
+def test_an_invalid_option_given_at_construction_is_refused_there(saved_tiny_model, option, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, **option)
 
 @pytest.mark.parametrize("kind", ["anndata", "matrix", "one cell"])
 def test_explain_names_the_genes_that_drove_each_label(annotate, adata, counts, kind):
