@@ -71,7 +71,7 @@ class H5adCells:
         self.file.close()
 
 
-def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.0, layer=None, max_chunks=None,
+def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=None, layer=None, max_chunks=None,
                   compile_backbone=None):
     """
     Annotates the cells of `path` chunk by chunk without loading the whole matrix.
@@ -81,6 +81,8 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
         model: a model folder / Hub id, or a `cell-annotation` pipeline.
         out: output folder (created; reused to resume).
         chunk_size (`int`): cells read and written at a time.
+        batch_size, threshold (*optional*): as the pipeline takes them; by default those the pipeline was built with
+            (64 cells and 0.0 for a model folder).
         max_chunks (`int`, *optional*): stop after this many new chunks (for tests and trial runs).
         compile_backbone (`bool`, *optional*): run the backbone under `torch.compile`; by default when the file
             holds at least the pipeline's `compile_min_cells` (20,000) cells.
@@ -91,6 +93,10 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=64, threshold=0.
     from transformers import pipeline
 
     annotate = model if callable(model) else pipeline("cell-annotation", model=str(model), trust_remote_code=True)
+    # A pipeline built with its own options keeps them unless this call names others.
+    built_with = {**getattr(annotate, "_forward_params", {}), **getattr(annotate, "_postprocess_params", {})}
+    threshold = threshold if threshold is not None else built_with.get("threshold", 0.0)
+    batch_size = batch_size if batch_size is not None else built_with.get("batch_size", 64)
     cells = H5adCells(path, layer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,20 @@ def test_streamed_results_match_the_in_memory_pipeline(h5ad, saved_tiny_model, t
     np.testing.assert_allclose(embeddings, expected.embeddings, atol=1e-5)
 
 
+def test_a_pipeline_keeps_the_options_it_was_built_with(h5ad, saved_tiny_model, tmp_path):
+    from transformers import pipeline
+
+    from scinterpreter.annotate import read_probabilities
+
+    strict = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, threshold=0.99)
+    annotate_h5ad(h5ad, strict, tmp_path / "strict", chunk_size=25)
+    _, labels, scores, _ = read_annotations(tmp_path / "strict")
+    assert read_probabilities(tmp_path / "strict")[2]["threshold"] == 0.99
+    assert set(labels[scores < 0.99]) == {"Unassigned"} and len(labels[scores < 0.99]) > 0
+    annotate_h5ad(h5ad, strict, tmp_path / "named", chunk_size=25, threshold=0.0)  # a named option wins
+    assert "Unassigned" not in set(read_annotations(tmp_path / "named")[1])
+
+
 def test_an_interrupted_run_resumes_without_redoing_or_losing_cells(h5ad, saved_tiny_model, tmp_path):
     out = tmp_path / "out"
     first = annotate_h5ad(h5ad, saved_tiny_model, out, chunk_size=8, max_chunks=3)
