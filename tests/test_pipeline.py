@@ -99,6 +99,7 @@ def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate, monkeypatch, 
     assert annotate.model.head.dense.weight.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_compiled_backbone_gives_the_same_annotation_with_a_short_last_batch(annotate, counts):
     expected = annotate(counts, gene_names=GENES, batch_size=5, compile_backbone=False)
     base_model = annotate.model.model
