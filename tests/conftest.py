@@ -156,9 +156,27 @@ def make_marker_dataset(path, n_per_class=30, seed=0):
     return path
 
 
+# Marked tests (`slow`, `integration`) run with `--all` (what `.ci/run` runs) or when `-m` selects them; a plain
+# `pytest` runs the fast unit tests only and reports the rest as skipped.
+RUN_WITH_ALL = ("slow", "integration")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", dest="run_all",
+                     help="also run the tests marked slow (trainings, subprocesses, compiles) and integration "
+                          "(real SmolLM2 backbone and data); without it only the fast tests run, unless -m selects")
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("SCINTERPRETER_SKIP_INTEGRATION"):
         skip = pytest.mark.skip(reason="SCINTERPRETER_SKIP_INTEGRATION is set")
         for item in items:
             if "integration" in item.keywords:
                 item.add_marker(skip)
+    if config.getoption("run_all") or config.getoption("markexpr"):
+        return
+    for item in items:
+        for marker in RUN_WITH_ALL:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"{marker}: run with --all (or -m {marker})"))
+                break

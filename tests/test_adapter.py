@@ -64,6 +64,7 @@ def test_adapter_without_its_gene_table_is_a_clear_error(built, monkeypatch):
         ScInterpreterForCellAnnotation.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_train_adapter_only_run_annotates_with_the_reloaded_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))
     backbone = make_tiny_backbone(tmp_path / "backbone")

@@ -92,6 +92,7 @@ def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path)
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["chunks_done"] == 4
 
 
+@pytest.mark.slow
 def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, saved_tiny_model, tmp_path, caplog):
     from transformers import pipeline
 

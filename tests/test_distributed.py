@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, make_marker_dataset, make_tiny_backbone
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_process_gloo_training_ends_with_identical_weights_on_both_ranks(tmp_path):

@@ -1,6 +1,7 @@
 """AnnData <-> datasets conversion, loading with load_dataset, and training from a dataset folder."""
 
 import numpy as np
+import pytest
 from conftest import make_marker_dataset, make_tiny_backbone
 from datasets import ClassLabel, load_dataset
 
@@ -32,6 +33,7 @@ def test_saved_folder_loads_with_load_dataset_like_a_hub_repo(tmp_path):
     assert dataset_to_anndata(load_cells(folder)).n_obs == adata.n_obs
 
 
+@pytest.mark.slow
 def test_train_runs_two_steps_on_a_dataset_folder(tmp_path):
     import anndata
 
@@ -46,6 +48,7 @@ def test_train_runs_two_steps_on_a_dataset_folder(tmp_path):
     assert set(results["test"]) >= {"accuracy", "macro_f1"}
 
 
+@pytest.mark.slow
 def test_train_streams_a_dataset_folder_chunk_by_chunk(tmp_path):
     import train
 
@@ -120,6 +123,7 @@ def test_tahoe_layout_loads_without_its_special_tokens(tmp_path):
     assert loaded.var["ensembl_id"].iloc[0] == "ENSG00000000000"
 
 
+@pytest.mark.slow
 def test_train_on_the_tahoe_layout_in_memory_and_streamed(tmp_path):
     import train
 
@@ -138,8 +142,6 @@ def test_train_on_the_tahoe_layout_in_memory_and_streamed(tmp_path):
 
 
 def test_streamed_training_names_a_missing_label_column(tmp_path):
-    import pytest
-
     import train
     from processing_scinterpreter import ScInterpreterInputError
 

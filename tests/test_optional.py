@@ -82,6 +82,7 @@ print(json.dumps({{"labels": labels, "obs": list(adata.obs.columns), "errors": e
 """
 
 
+@pytest.mark.slow
 def test_the_core_annotates_without_any_optional_module_and_names_the_extras_otherwise(saved_tiny_model, tmp_path):
     from test_remote_code import _requirement_closure
 

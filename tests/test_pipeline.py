@@ -75,13 +75,31 @@ def test_one_cell_as_a_dict(annotate, counts):
     assert len(results) == 1 and results[0]["label"] in LABELS
 
 
-def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate):
-    from loading_scinterpreter import select_backbone_dtype
-
-    assert annotate.model.model.backbone_dtype == select_backbone_dtype("cpu")
+@pytest.mark.parametrize("forced, avx512_bf16, amx, expected", [
+    ("float32", True, True, torch.float32),
+    ("bfloat16", False, False, torch.bfloat16),
+    (None, True, False, torch.bfloat16),
+    (None, False, True, torch.bfloat16),
+    (None, False, False, torch.float32),
+], ids=["forced_float32", "forced_bfloat16", "avx512_bf16", "amx", "avx2_only"])
+def test_pipeline_runs_the_backbone_in_the_fastest_dtype(annotate, monkeypatch, forced, avx512_bf16, amx, expected):
+    """$SCINTERPRETER_BACKBONE_DTYPE when set; else bfloat16 on CPUs that run it natively, float32 on the others."""
+    # The pipeline runs as remote code: its own copy of loading_scinterpreter, which caches the CPU's dtype.
+    loading = sys.modules[sys.modules[type(annotate).__module__].select_backbone_dtype.__module__]
+    monkeypatch.setattr(loading, "_FASTEST_DTYPE", {})
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    if forced:
+        monkeypatch.setenv("SCINTERPRETER_BACKBONE_DTYPE", forced)
+    else:
+        monkeypatch.delenv("SCINTERPRETER_BACKBONE_DTYPE", raising=False)
+    model = annotate.model.set_backbone_dtype(torch.float32 if expected == torch.bfloat16 else torch.bfloat16)
+    annotate = type(annotate)(model=model, processor=annotate.processor)
+    assert annotate.model.model.backbone_dtype == expected
     assert annotate.model.head.dense.weight.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_compiled_backbone_gives_the_same_annotation_with_a_short_last_batch(annotate, counts):
     expected = annotate(counts, gene_names=GENES, batch_size=5, compile_backbone=False)
     base_model = annotate.model.model

@@ -78,6 +78,7 @@ def make_minimal_site(target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_only_torch_transformers_safetensors(tmp_path, saved_tiny_model, tiny_model,
                                                                      processor, counts):
     site = make_minimal_site(tmp_path / "site")

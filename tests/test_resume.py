@@ -8,6 +8,8 @@ import pytest
 from conftest import REPO, make_marker_dataset, make_tiny_backbone
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test reads the module's three trainings
+
 KILL_AT_STEP = 12  # 9 steps an epoch (72 cells / 8): step 12 is mid-way through epoch 2
 
 KILLER = f"""

@@ -24,6 +24,7 @@ def tiny_run(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_plot_and_a_loadable_model_folder(tiny_run):
     out, results = tiny_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -41,12 +42,14 @@ def test_train_writes_metrics_plot_and_a_loadable_model_folder(tiny_run):
     assert sorted(model.config.id2label.values()) == ["B cell", "T cell", "beta"]
 
 
+@pytest.mark.slow
 def test_train_learns_marker_genes(tiny_run):
     _, results = tiny_run
     assert results["test"]["accuracy"] >= 0.9
     assert results["pipeline_test_accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_train_writes_no_pickle(tiny_run):
     out, _ = tiny_run
     suffixes = {path.suffix for path in out.rglob("*") if path.is_file()}
@@ -79,6 +82,7 @@ def test_real_smollm2_backbone_learns_baron_human_pancreas(tmp_path, backbone_dt
     assert results["n_test_cells"] == 429
 
 
+@pytest.mark.slow
 def test_model_card_has_valid_hub_metadata(tiny_run):
     import yaml
 
@@ -93,6 +97,7 @@ def test_model_card_has_valid_hub_metadata(tiny_run):
     assert 'pipeline("cell-annotation"' in text and "## Intended use and limits" in text
 
 
+@pytest.mark.slow
 def test_excluded_genes_reach_the_saved_processor(tiny_run):
     import anndata
     from transformers import AutoProcessor
@@ -106,6 +111,7 @@ def test_excluded_genes_reach_the_saved_processor(tiny_run):
     assert chosen and not chosen & {"RPL13", "RPS27"}
 
 
+@pytest.mark.slow
 def test_an_output_folder_named_like_a_checkpoint_gets_the_whole_model(tmp_path):
     """Only Trainer's own `<output_dir>/checkpoint-<step>` folders are saved without the frozen weights."""
     from safetensors import safe_open
@@ -120,6 +126,7 @@ def test_an_output_folder_named_like_a_checkpoint_gets_the_whole_model(tmp_path)
     assert AutoModel.from_pretrained(out, trust_remote_code=True).config.model_type == "scinterpreter"
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_our_model_card_weights_config_and_code(tmp_path, monkeypatch):
     """The upload is recorded, not sent: what would reach the Hub is the finished folder with our card."""
     import huggingface_hub

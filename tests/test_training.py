@@ -65,6 +65,7 @@ def test_balanced_sampling_weights_rare_types_up():
         balanced_sample_weights(label_ids, 2.0)
 
 
+@pytest.mark.slow
 def test_fit_trains_on_marker_genes_keeps_the_best_epoch_and_removes_its_checkpoints(tmp_path, backbone):
     cells, labels = marker_cells()
     result = fit(cells, labels, tiny_recipe(backbone, keep_best_epoch=True), tiny_args(tmp_path), gene_names=GENES)
@@ -82,6 +83,7 @@ def test_fit_trains_on_marker_genes_keeps_the_best_epoch_and_removes_its_checkpo
     assert accuracy > 0.9
 
 
+@pytest.mark.slow
 def test_fit_ends_on_the_best_epoch_not_the_last(tmp_path, backbone):
     """A callback spoils the head after the last epoch's training: the model returned is the best epoch's."""
     import torch
@@ -105,6 +107,7 @@ def test_fit_ends_on_the_best_epoch_not_the_last(tmp_path, backbone):
     assert kept_accuracy == pytest.approx(scores[result.best_epoch])
 
 
+@pytest.mark.slow
 def test_by_default_validation_is_evaluated_every_epoch_and_the_last_epoch_is_kept(tmp_path, backbone):
     cells, labels = marker_cells()
     result = fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
@@ -114,6 +117,7 @@ def test_by_default_validation_is_evaluated_every_epoch_and_the_last_epoch_is_ke
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_class_balanced_sampling_draws_rare_types_more_often(tmp_path, backbone):
     cells, labels = marker_cells()
     result = fit(cells, labels, tiny_recipe(backbone, class_balance=1.0, validation_fraction=0.0),
@@ -130,6 +134,7 @@ def test_evaluation_flags_without_validation_cells_are_a_clear_error(tmp_path, b
             tiny_args(tmp_path, eval_strategy="epoch"), gene_names=GENES)
 
 
+@pytest.mark.slow
 def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone):
     from scinterpreter.calibration import fit_temperature
 
