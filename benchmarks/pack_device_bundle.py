@@ -151,10 +151,10 @@ def pack_backbone(out: Path, n_layers: int):
 def unpack(bundle: Path):
     """Writes the bundle's gene table and backbone into $SCINTERPRETER_CACHE for the product's loaders."""
     import torch
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
     from safetensors.torch import save_file as save_torch
 
-    from scinterpreter.backbone import cache_dir
+    from loading_scinterpreter import cache_dir, converted_backbone_dir, gene_table_path, write_gene_table
     from scinterpreter.genes import load_gene_descriptions
 
     meta = json.loads((bundle / "bundle.json").read_text())
@@ -162,9 +162,7 @@ def unpack(bundle: Path):
     vocab = list(load_gene_descriptions()["symbol"])
     embeddings = np.zeros((len(vocab), packed["embeddings"].shape[1]), dtype=np.float32)
     embeddings[packed["rows"]] = packed["embeddings"].astype(np.float32)
-    (cache_dir() / "gene_tables").mkdir(parents=True, exist_ok=True)
-    save_file({"embeddings": embeddings}, cache_dir() / "gene_tables" / f"{meta['gene_table_hash']}.safetensors",
-              metadata={"vocab": json.dumps(vocab)})
+    write_gene_table(gene_table_path(meta["gene_table_hash"]), embeddings, vocab)
 
     from safetensors import safe_open
 
@@ -180,7 +178,7 @@ def unpack(bundle: Path):
     embed = torch.zeros(config["vocab_size"], config["hidden_size"], dtype=torch.bfloat16)
     embed[torch.from_numpy(backbone["instruction_ids"])] = torch.from_numpy(backbone["instruction_embeddings"]).to(torch.bfloat16)
     weights["model.embed_tokens.weight"] = embed
-    folder = cache_dir() / "backbones" / "SmolLM2-135M-Instruct-bf16"
+    folder = Path(converted_backbone_dir())  # where resolve_backbone finds the default SmolLM2
     folder.mkdir(parents=True, exist_ok=True)
     for item in (bundle / "backbone_files").iterdir():
         shutil.copy(item, folder / item.name)

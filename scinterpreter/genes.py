@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .backbone import cache_dir
+from loading_scinterpreter import gene_table_path, read_gene_table, write_gene_table
+
 from .optional import require
 
 logger = logging.getLogger(__name__)
@@ -132,27 +133,17 @@ def build_gene_table(
     for symbol, text in zip(descriptions["symbol"], descriptions["description"]):
         digest.update(symbol.encode() + b"\t" + text.encode() + b"\n")
     content_hash = digest.hexdigest()[:16]
-    cached = cache_dir() / "gene_tables" / f"{content_hash}.safetensors"
-    if cached.is_file():
-        from safetensors.numpy import safe_open
-
-        with safe_open(cached, framework="np") as handle:
-            embeddings, vocab = handle.get_tensor("embeddings"), json.loads(handle.metadata()["vocab"])
+    cached = gene_table_path(content_hash)
+    if os.path.isfile(cached):
+        embeddings, vocab = read_gene_table(cached)
     else:
-        from safetensors.numpy import save_file
-
         logger.info(f"Embedding {len(descriptions)} gene descriptions with {encoder}")
         embeddings = _encode(descriptions["description"], encoder, seed)
         if center:
             embeddings = embeddings - embeddings.mean(0, keepdims=True)
             embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-8)
         vocab = list(descriptions["symbol"])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        # Written under a name of its own, then renamed: two processes (DDP ranks) embedding the same table at once
-        # each rename a complete file, and no reader meets a half-written one.
-        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-        save_file({"embeddings": np.ascontiguousarray(embeddings)}, partial, metadata={"vocab": json.dumps(vocab)})
-        os.replace(partial, cached)
+        write_gene_table(cached, embeddings, vocab)  # atomic: DDP ranks may embed the same table at once
     return GeneTable(vocab=vocab, embeddings=embeddings, encoder=encoder, centered=center, content_hash=content_hash,
                      species=species)
 
@@ -195,7 +186,7 @@ def main(argv=None):
     table = build_gene_table(load_gene_descriptions(args.species, args.descriptions), encoder=args.encoder,
                              center=args.center, species=args.species)
     print(f"{len(table.vocab)} genes x {table.dim} ({args.encoder}, centred={table.centered}), hash "
-          f"{table.content_hash}: {cache_dir() / 'gene_tables' / (table.content_hash + '.safetensors')}")
+          f"{table.content_hash}: {gene_table_path(table.content_hash)}")
     if args.output:
         from safetensors.numpy import save_file
 
