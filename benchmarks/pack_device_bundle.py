@@ -103,6 +103,7 @@ def pack_backbone(out: Path, n_layers: int):
 
     from configuration_scinterpreter import DEFAULT_INSTRUCTION
     from scinterpreter.backbone import SMOLLM2_GGUF, _smollm2_gguf_dir, load_backbone, resolve_backbone
+    from scinterpreter.build import token_embedding_rms
 
     reader = GGUFReader(str(_smollm2_gguf_dir() / SMOLLM2_GGUF))
     raw = {t.name: t for t in reader.tensors}
@@ -142,8 +143,8 @@ def pack_backbone(out: Path, n_layers: int):
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (Path(resolve_backbone()) / name).exists():
             shutil.copy(Path(resolve_backbone()) / name, folder / name)
-    # As build_model computes `soft_token_rms="auto"`: the RMS of the whole token-embedding table.
-    rms = round(float(embed.float().pow(2).mean().sqrt()), 4)
+    # build_model's `soft_token_rms="auto"` for this backbone, whose embedding table the bundle leaves out.
+    rms = token_embedding_rms(embed)
     print(f"backbone: {n_layers} layers, {(out / 'backbone.safetensors').stat().st_size / 1e6:.1f} MB, token RMS {rms}")
     return rms
 

@@ -93,7 +93,7 @@ def build_model(
     language_model, tokenizer = load_backbone(recipe.backbone, num_layers, dtype=torch.float32)
     soft_token_rms = recipe.soft_token_rms
     if soft_token_rms == "auto":
-        soft_token_rms = round(float(language_model.embed_tokens.weight.detach().pow(2).mean().sqrt()), 4)
+        soft_token_rms = token_embedding_rms(language_model.embed_tokens.weight)
     elif soft_token_rms in (None, "none"):
         soft_token_rms = None
     else:
@@ -124,6 +124,12 @@ def build_model(
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
     processor = build_processor(gene_table, **{name: getattr(recipe, name) for name in PROCESSOR_FIELDS})
     return model, processor
+
+
+def token_embedding_rms(embed_tokens_weight: torch.Tensor) -> float:
+    """`soft_token_rms="auto"`: the root mean square of the backbone's whole token-embedding table (vocabulary x
+    hidden size), to 4 decimals, so that soft tokens come in at the scale of the backbone's own tokens."""
+    return round(float(embed_tokens_weight.detach().float().pow(2).mean().sqrt()), 4)
 
 
 def package_version() -> str:
