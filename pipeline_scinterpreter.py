@@ -245,16 +245,9 @@ class CellAnnotationPipeline(Pipeline):
         (gene_names, layer, refit_reference, batch_size, compile_backbone, show_progress, n_explained, top_k, threshold,
          key_added, copy, overwrite, majority_voting, over_clustering) = (options[key] for key in CALL_DEFAULTS)
         is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
+        keys = annotation_keys(key_added, explain=bool(n_explained), majority_voting=majority_voting)
         if is_anndata:
-            taken = [key for key in (key_added, f"{key_added}_score") if key in expression.obs.columns]
-            taken += [f"obsm['{key}']" for key in (f"X_{key_added}", f"{key_added}_probabilities")
-                      if key in expression.obsm]
-            taken += [f"uns['{key_added}']"] if key_added in expression.uns else []
-            if n_explained and f"{key_added}_genes" in expression.obsm:
-                taken.append(f"obsm['{key_added}_genes']")
-            if majority_voting:
-                taken += [key for key in (f"{key_added}_majority_voting", f"{key_added}_over_clustering")
-                          if key in expression.obs.columns]
+            taken = taken_annotation_keys(keys, expression.obs.columns, expression.obsm, expression.uns)
             if taken and not overwrite:
                 raise ScInterpreterInputError(
                     f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
@@ -297,12 +290,13 @@ class CellAnnotationPipeline(Pipeline):
             logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
         if is_anndata:
             adata = expression.copy() if copy else expression
-            adata.obs[key_added] = [result["label"] for result in results]
-            adata.obs[key_added] = adata.obs[key_added].astype("category")
-            adata.obs[f"{key_added}_score"] = np.array([result["score"] for result in results], dtype=np.float32)
-            adata.obsm[f"{key_added}_probabilities"] = results.probabilities
-            adata.obsm[f"X_{key_added}"] = results.embeddings
-            adata.uns[key_added] = {
+            obs, obsm = keys["obs"], keys["obsm"]
+            adata.obs[obs["label"]] = [result["label"] for result in results]
+            adata.obs[obs["label"]] = adata.obs[obs["label"]].astype("category")
+            adata.obs[obs["score"]] = np.array([result["score"] for result in results], dtype=np.float32)
+            adata.obsm[obsm["probabilities"]] = results.probabilities
+            adata.obsm[obsm["embeddings"]] = results.embeddings
+            adata.uns[keys["uns"]["settings"]] = {
                 "labels": results.labels,
                 "model": str(self.model.name_or_path),
                 "threshold": threshold,
@@ -316,11 +310,11 @@ class CellAnnotationPipeline(Pipeline):
                 "scinterpreter_version": getattr(self.model.config, "scinterpreter_version", None) or "unknown",
             }
             if majority_voting:
-                adata.obs[f"{key_added}_over_clustering"] = np.asarray(over_clustering).astype(str)
-                adata.obs[f"{key_added}_over_clustering"] = adata.obs[f"{key_added}_over_clustering"].astype("category")
-                adata.obs[f"{key_added}_majority_voting"] = [result["majority_voting"] for result in results]
-                adata.obs[f"{key_added}_majority_voting"] = adata.obs[f"{key_added}_majority_voting"].astype("category")
-                adata.uns[key_added]["over_clustering"] = clustering
+                adata.obs[obs["over_clustering"]] = np.asarray(over_clustering).astype(str)
+                adata.obs[obs["over_clustering"]] = adata.obs[obs["over_clustering"]].astype("category")
+                adata.obs[obs["majority_voting"]] = [result["majority_voting"] for result in results]
+                adata.obs[obs["majority_voting"]] = adata.obs[obs["majority_voting"]].astype("category")
+                adata.uns[keys["uns"]["settings"]]["over_clustering"] = clustering
             if n_explained:
                 columns = {f"gene_{i + 1}": [r["genes"][i]["gene"] if i < len(r["genes"]) else "" for r in results]
                            for i in range(n_explained)}
@@ -328,7 +322,7 @@ class CellAnnotationPipeline(Pipeline):
                     [r["genes"][i]["attribution"] if i < len(r["genes"]) else np.nan for r in results], np.float32)
                     for i in range(n_explained)})
                 # The obs frame's own class (pandas) builds the table: this file imports no pandas.
-                adata.obsm[f"{key_added}_genes"] = type(adata.obs)(columns, index=adata.obs_names)
+                adata.obsm[obsm["genes"]] = type(adata.obs)(columns, index=adata.obs_names)
             results.adata = adata
         return results
 
@@ -383,6 +377,34 @@ class CellAnnotationPipeline(Pipeline):
                                for i in order]
 
 
+def annotation_keys(key_added=CALL_DEFAULTS["key_added"], explain=False, majority_voting=False) -> dict:
+    """
+    Where an AnnData's annotation goes, by slot: `{"obs": {...}, "obsm": {...}, "uns": {...}}`, each mapping what is
+    stored to its key: `obs` `label` (`key_added`) and `score`, `obsm` `embeddings` (`"X_" + key_added`) and
+    `probabilities`, `uns` `settings` (`key_added`); with `explain`, `obsm` `genes`; with `majority_voting`, `obs`
+    `majority_voting` and `over_clustering`. The pipeline and `scinterpreter.annotate`'s `.h5ad` writer use these.
+    """
+    keys = {"obs": {"label": key_added, "score": f"{key_added}_score"},
+            "obsm": {"embeddings": f"X_{key_added}", "probabilities": f"{key_added}_probabilities"},
+            "uns": {"settings": key_added}}
+    if explain:
+        keys["obsm"]["genes"] = f"{key_added}_genes"
+    if majority_voting:
+        keys["obs"].update(majority_voting=f"{key_added}_majority_voting",
+                           over_clustering=f"{key_added}_over_clustering")
+    return keys
+
+
+def taken_annotation_keys(keys, obs, obsm, uns) -> list:
+    """
+    Those of `keys` (`annotation_keys`) already present, as `"obs['name']"`, `"obsm['name']"`, `"uns['name']"`.
+    `obs`, `obsm` and `uns` need only support `in`: an AnnData's `obs.columns`, `obsm` and `uns`, or an `.h5ad`
+    file's groups.
+    """
+    present = {"obs": obs, "obsm": obsm, "uns": uns}
+    return [f"{slot}['{key}']" for slot, named in keys.items() for key in named.values() if key in present[slot]]
+
+
 def majority_vote(labels, clusters):
     """Each cell's cluster's most frequent label (ties: the label met first in the cluster)."""
     labels, clusters = np.asarray(labels, dtype=object), np.asarray(clusters)
@@ -418,4 +440,13 @@ def over_cluster(embeddings, seed=0):
     return graph.obs["leiden"].to_numpy().astype(str), resolution
 
 
-__all__ = ["CellAnnotationPipeline", "CellAnnotations", "UNASSIGNED", "majority_vote", "over_cluster"]
+__all__ = [
+    "CALL_DEFAULTS",
+    "CellAnnotationPipeline",
+    "CellAnnotations",
+    "UNASSIGNED",
+    "annotation_keys",
+    "majority_vote",
+    "over_cluster",
+    "taken_annotation_keys",
+]

@@ -23,6 +23,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from transformers.utils.logging import tqdm
 
+from pipeline_scinterpreter import CALL_DEFAULTS, annotation_keys, taken_annotation_keys
+
 logger = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
@@ -82,7 +84,7 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
         out: output folder (created; reused to resume).
         chunk_size (`int`): cells read and written at a time.
         batch_size, threshold (*optional*): as the pipeline takes them; by default those the pipeline was built with
-            (64 cells and 0.0 for a model folder).
+            (its `CALL_DEFAULTS`, 64 cells and 0.0, for a model folder).
         max_chunks (`int`, *optional*): stop after this many new chunks (for tests and trial runs).
         compile_backbone (`bool`, *optional*): run the backbone under `torch.compile`; by default when the file
             holds at least the pipeline's `compile_min_cells` (20,000) cells.
@@ -95,8 +97,8 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
     annotate = model if callable(model) else pipeline("cell-annotation", model=str(model), trust_remote_code=True)
     # A pipeline built with its own options keeps them unless this call names others.
     built_with = {**getattr(annotate, "_forward_params", {}), **getattr(annotate, "_postprocess_params", {})}
-    threshold = threshold if threshold is not None else built_with.get("threshold", 0.0)
-    batch_size = batch_size if batch_size is not None else built_with.get("batch_size", 64)
+    threshold = threshold if threshold is not None else built_with.get("threshold", CALL_DEFAULTS["threshold"])
+    batch_size = batch_size if batch_size is not None else built_with.get("batch_size", CALL_DEFAULTS["batch_size"])
     cells = H5adCells(path, layer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,12 +186,13 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--out", required=True, help="output folder (reused to resume)")
     parser.add_argument("--chunk_size", type=int, default=4096)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--threshold", type=lambda value: value if value == "auto" else float(value), default=0.0,
+    parser.add_argument("--batch_size", type=int, default=CALL_DEFAULTS["batch_size"])
+    parser.add_argument("--threshold", type=lambda value: value if value == "auto" else float(value),
+                        default=CALL_DEFAULTS["threshold"],
                         help="best probability under which a cell is Unassigned, or auto (the model's fitted one)")
     parser.add_argument("--layer", default=None)
     parser.add_argument("--write_h5ad", default=None, help="also write a copy of the input with the annotation")
-    parser.add_argument("--key_added", default="scinterpreter")
+    parser.add_argument("--key_added", default=CALL_DEFAULTS["key_added"])
     parser.add_argument("--compile_backbone", default=None, type=lambda value: value.lower() in ("1", "true", "yes"),
                         help="true/false: run the backbone under torch.compile (default: from 20,000 cells on)")
     args = parser.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv=None):
         write_annotated_h5ad(args.h5ad, args.out, args.write_h5ad, args.key_added)
 
 
-def write_annotated_h5ad(source, out, target, key_added="scinterpreter"):
+def write_annotated_h5ad(source, out, target, key_added=CALL_DEFAULTS["key_added"]):
     """
     A copy of `source` with `out`'s annotations added as the pipeline writes them: `obs[key_added]`,
     `obs[key_added + "_score"]`, `obsm["X_" + key_added]`, `obsm[key_added + "_probabilities"]`, `uns[key_added]`.
@@ -223,11 +226,9 @@ def write_annotated_h5ad(source, out, target, key_added="scinterpreter"):
         raise ValueError(f"{out} holds {settings['chunks_done']} of {n_chunks} chunks: finish the run first.")
     if target.resolve() == Path(source).resolve():
         raise ScInterpreterInputError(f"--write_h5ad {target} is the input file: write the annotated copy elsewhere.")
+    keys = annotation_keys(key_added)
     with h5py.File(source, "r") as handle:
-        taken = [f"obs['{key}']" for key in (key_added, f"{key_added}_score") if key in handle["obs"]]
-        taken += [f"obsm['{key}']" for key in (f"X_{key_added}", f"{key_added}_probabilities")
-                  if key in handle.get("obsm", {})]
-        taken += [f"uns['{key_added}']"] if key_added in handle.get("uns", {}) else []
+        taken = taken_annotation_keys(keys, handle["obs"], handle.get("obsm", {}), handle.get("uns", {}))
     if taken:
         raise ScInterpreterInputError(f"{source} already has {taken}: pass another --key_added.")
     partial = target.with_name(target.name + ".partial")
@@ -239,13 +240,13 @@ def write_annotated_h5ad(source, out, target, key_added="scinterpreter"):
         table = pd.concat(tables, ignore_index=True)
         if list(table["cell"]) != list(obs.index.astype(str)):
             raise ValueError(f"{out} annotates other cells than {source}'s (or in another order).")
-        obs[key_added] = pd.Categorical(table["label"].to_numpy())
-        obs[f"{key_added}_score"] = table["score"].to_numpy(np.float32)
+        obs[keys["obs"]["label"]] = pd.Categorical(table["label"].to_numpy())
+        obs[keys["obs"]["score"]] = table["score"].to_numpy(np.float32)
         write_elem(handle, "obs", obs)
         if "obsm" not in handle:
             write_elem(handle, "obsm", {})
         first = load_file(out / "chunk_00000.safetensors")
-        arrays = {f"X_{key_added}": "cell_embeddings", f"{key_added}_probabilities": "probabilities"}
+        arrays = {keys["obsm"]["embeddings"]: "cell_embeddings", keys["obsm"]["probabilities"]: "probabilities"}
         for key, name in arrays.items():
             dataset = handle["obsm"].create_dataset(key, shape=(settings["n_cells"], first[name].shape[1]),
                                                     dtype="float32")
@@ -259,8 +260,8 @@ def write_annotated_h5ad(source, out, target, key_added="scinterpreter"):
             start = stop
         if "uns" not in handle:
             write_elem(handle, "uns", {})
-        write_elem(handle["uns"], key_added, {"labels": settings["labels"], **{key: settings[key] for key in (
-            "model", "threshold", "calibration_temperature", "scinterpreter_version")}})
+        write_elem(handle["uns"], keys["uns"]["settings"], {"labels": settings["labels"], **{
+            key: settings[key] for key in ("model", "threshold", "calibration_temperature", "scinterpreter_version")}})
     os.replace(partial, target)
 
 
