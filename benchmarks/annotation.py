@@ -3,11 +3,13 @@ expression (L2 and L1), GenePT-w (kNN and logistic regression), and scInterprete
 training code (`benchmarks/recipes.py` records, one per seed, reported as the mean over seeds).
 
     python benchmarks/annotation.py --records benchmarks/records/recipes_cpu_2026-11-26.jsonl
-    python benchmarks/annotation.py --reuse_baselines docs/benchmarks/results.json --records ...
+    python benchmarks/annotation.py --reuse_baselines benchmarks/records/baselines_2026-11-26.json --records ...
 
 Splits: the 7 fixed splits of ../shared/data/scrna/splits and the 3 leave-one-batch-out folds of PBMC 3-batch.
+Fitting the baselines writes their raw records to benchmarks/records/baselines_<date>.json ({"meta", "records"});
+`--reuse_baselines` reads such a file instead of fitting them again, so the report is rebuilt from records alone.
 Writes docs/benchmarks/results.json (records: dataset, split, method, seed, accuracy, macro_f1, ...; scInterpreter
-has one record per seed and one with seed "mean") and results.md.
+has one record per seed and one with seed "mean"), results_meta.json and results.md.
 """
 
 import argparse
@@ -22,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -35,9 +36,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scinterpreter.build import build_processor  # noqa: E402
 from scinterpreter.genes import build_gene_table  # noqa: E402
 from scinterpreter.plots import genept_w  # noqa: E402
-from splits import load_split, splits  # noqa: E402
+from splits import load_split, score, splits  # noqa: E402
 
 OUT = REPO / "docs" / "benchmarks"
+RECORDS = REPO / "benchmarks" / "records"
 # recipes.py options as the table names them; "default" is `Recipe()` + `ScInterpreterTrainingArguments()`.
 OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (mean of the soft tokens)",
                 "paper_selection": "default, genes chosen by expression (the paper's rule)"}
@@ -60,9 +62,8 @@ def _score(method, classifier, train_x, train_y, test_x, test_y):
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     predicted = classifier.predict(test_x)
-    return {"method": method, "accuracy": round(accuracy_score(test_y, predicted), 4),
-            "macro_f1": round(f1_score(test_y, predicted, average="macro"), 4),
-            "fit_seconds": round(fit_seconds, 2), "predict_seconds": round(time.perf_counter() - started, 3)}
+    return {"method": method, **score(test_y, predicted), "fit_seconds": round(fit_seconds, 2),
+            "predict_seconds": round(time.perf_counter() - started, 3)}
 
 
 def baselines(table):
@@ -127,6 +128,7 @@ def method_name(option: str) -> str:
 
 def write_markdown(records, meta, path):
     """The benchmark table (scInterpreter: mean over seeds), the gap to the better logistic regression, the runs."""
+    baselines = meta["baselines"]
     means = [r for r in records if r.get("seed") in (None, "mean")]
     rows = list(dict.fromkeys((r["dataset"], r["split"]) for r in means))
     methods = list(dict.fromkeys(r["method"] for r in means))
@@ -134,12 +136,13 @@ def write_markdown(records, meta, path):
     lines = [
         "# Cell-annotation benchmark on the shared splits",
         "",
-        f"Made by `{meta['command']}` on {meta['date']}. Baselines ran on {meta['machine']} "
-        f"({meta.get('baselines', 'fitted in this run')}); scInterpreter figures: {meta['scinterpreter_source']}, "
+        f"Made by `{meta['command']}` on {meta['date']}. Baselines: `{baselines['source']}`, fitted on "
+        f"{baselines['date']} ({baselines['machine']}) by `{baselines['command']}`; scInterpreter figures: "
+        f"{meta['scinterpreter_source']}, "
         "runs of the product's own training code (`scinterpreter.training.fit` through `benchmarks/recipes.py`), "
         "shown as the mean over seeds (count in brackets; every run is listed below). Each cell: test accuracy / "
         "macro-F1; **bold** = best macro-F1 of the row. Macro-F1 is over the classes present in the reference or "
-        "the predictions, so splits with 1-4-cell classes move it in large steps.",
+        "the predictions, so splits with classes of a few test cells move it in large steps.",
         "",
         "| dataset | split | " + " | ".join(methods) + " |",
         "|---|---|" + "---|" * len(methods),
@@ -187,27 +190,39 @@ def write_markdown(records, meta, path):
     path.write_text("\n".join(lines) + "\n")
 
 
+def read_baselines(path: Path):
+    """`(records, meta)` of a baselines file (`{"meta", "records"}`); scInterpreter records are left out."""
+    saved = json.loads(path.read_text())
+    records = [r for r in saved["records"] if not r["method"].startswith("scInterpreter")]
+    return records, {**saved["meta"], "source": str(path)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", nargs="*", default=[],
                         help="benchmarks/recipes.py JSON-lines files to take scInterpreter figures from.")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--reuse_baselines", type=Path, default=None,
-                        help="Take the baseline records (every method but scInterpreter) from an earlier "
-                             "results.json instead of fitting them again.")
+                        help="Take the baseline records (every method but scInterpreter) from a baselines file of "
+                             "benchmarks/records instead of fitting them again.")
     args = parser.parse_args(argv)
+    command = "python benchmarks/annotation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    today = date.today().isoformat()
 
     if args.reuse_baselines:
-        records = [r for r in json.loads(args.reuse_baselines.read_text())
-                   if not r["method"].startswith("scInterpreter")]
+        records, baseline_meta = read_baselines(args.reuse_baselines)
     else:
         records = baselines(build_gene_table())
+        path = RECORDS / f"baselines_{today}.json"
+        baseline_meta = {"date": today, "machine": f"{platform.processor() or platform.machine()}, "
+                                                   f"{os.cpu_count()} CPU cores", "command": command}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": baseline_meta, "records": records}, indent=1) + "\n")
+        baseline_meta["source"] = str(path.relative_to(REPO))
     runs, means = scinterpreter_records(args.records)
-    meta = {"date": date.today().isoformat(),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
-            "command": "python benchmarks/annotation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"date": today, "command": command,
             "scinterpreter_source": ", ".join(Path(p).name for p in args.records) or "none",
-            "baselines": f"from {args.reuse_baselines}" if args.reuse_baselines else "fitted in this run"}
+            "baselines": baseline_meta}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(records + means + runs, indent=1) + "\n")
     (args.out / "results_meta.json").write_text(json.dumps(meta, indent=1) + "\n")

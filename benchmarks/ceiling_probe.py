@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from splits import REPO, load_split, splits  # noqa: E402
+from splits import REPO, load_split, score, splits  # noqa: E402
 
 from scinterpreter.build import build_processor  # noqa: E402
 from scinterpreter.genes import build_gene_table  # noqa: E402
@@ -36,8 +35,8 @@ from scinterpreter.genes import build_gene_table  # noqa: E402
 
 def probe(features, labels, train, test):
     classifier = LogisticRegression(C=1.0, max_iter=3000).fit(features[train], labels[train])
-    predicted = classifier.predict(features[test])
-    return round(accuracy_score(labels[test], predicted), 4), round(f1_score(labels[test], predicted, average="macro"), 4)
+    scored = score(labels[test], classifier.predict(features[test]))
+    return scored["accuracy"], scored["macro_f1"]
 
 
 def chosen_genes(encoded, n_vocab):

@@ -7,29 +7,28 @@ C=1) trained on the same source cells and applied to the target on the genes bot
 (log-normalised expression, the same ortholog matching).
 
     python benchmarks/cross_species.py [--epochs 12] [--out docs/benchmarks] [--reuse_models]
+    python benchmarks/cross_species.py --render [docs/benchmarks/cross_species.json]   # only the markdown
 
 Each pair is also scored with the model's reference profile refitted on the target's own (unlabelled) cells
 (`target_reference`): the excess ranking then measures each gene against the target species' average cell.
-`--reuse_models` scores model folders already in `--work` instead of training them again.
+`--reuse_models` scores model folders already in `--work` instead of training them again. Writes
+cross_species.json (`{"meta", "records"}`) and cross_species.md, the report rendered from that JSON alone; what the
+results mean is discussed in docs/experiments.md.
 """
 
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from splits import REPO, SHARED, load_split, score  # noqa: E402
 
-import train  # noqa: E402
-from scinterpreter.data import read_h5ad  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data" / "scrna"
 PAIRS = [("baron_mouse_pancreas", "baron_human_pancreas"), ("baron_human_pancreas", "baron_mouse_pancreas")]
 
 
@@ -38,26 +37,19 @@ def logistic_regression_transfer(processor, source, target, target_labels, score
     match in the vocabulary (log-normalised, matched by the same processor rules)."""
     from sklearn.linear_model import LogisticRegression
 
-    from scinterpreter.data import split_cells
-
-    source_data = read_h5ad(SHARED / f"{source}.h5ad")
-    source_labels = source_data.obs["cell_type"].astype(str).str.lower().to_numpy()
-    train, _ = split_cells(source_data, source_labels, SHARED / "splits" / f"{source}.json")
+    source_data, source_labels, train, _ = load_split(source, SHARED / "splits" / f"{source}.json")
+    source_labels = np.char.lower(source_labels.astype(str))
     source_values, source_genes = processor.normalize(source_data[train])
     target_values, target_genes = processor.normalize(target)
     genes, source_columns, target_columns = np.intersect1d(source_genes, target_genes, return_indices=True)
     classifier = LogisticRegression(C=1.0, max_iter=3000).fit(source_values[:, source_columns], source_labels[train])
     predicted = classifier.predict(target_values[:, target_columns])
-    reference = target_labels[scored]
-    return {"shared_genes": int(len(genes)), "accuracy": round(accuracy_score(reference, predicted[scored]), 4),
-            "macro_f1": round(f1_score(reference, predicted[scored], average="macro", labels=sorted(set(reference))), 4)}
+    return {"shared_genes": int(len(genes)), **shared_type_scores(target_labels, predicted, scored)}
 
 
 def shared_type_scores(reference, predicted, shared):
     """Accuracy and macro-F1 over the target cells whose type the source also has."""
-    return {"accuracy": round(accuracy_score(reference[shared], predicted[shared]), 4),
-            "macro_f1": round(f1_score(reference[shared], predicted[shared], average="macro",
-                                       labels=sorted(set(reference[shared]))), 4)}
+    return score(reference[shared], predicted[shared], labels=sorted(set(reference[shared])))
 
 
 def score_with_target_reference(annotate, adata, reference, shared):
@@ -68,6 +60,51 @@ def score_with_target_reference(annotate, adata, reference, shared):
     return shared_type_scores(reference, predicted, shared)
 
 
+def render(saved) -> str:
+    """The markdown report of a cross_species.json, every figure taken from it. `saved`: `{"meta", "records"}`, or
+    the bare list of records that runs before 2026-11-27 wrote (no date, command or machine)."""
+    meta, records = (saved["meta"], saved["records"]) if isinstance(saved, dict) else ({}, saved)
+    if meta:
+        made = (f"Made by `{meta['command']}` on {meta['date']} ({meta['machine']}; backbone "
+                f"{meta['backbone_dtype']}); each model: `train.py` with its defaults, seed {meta['seed']}, "
+                f"{meta['epochs']} epochs")
+    else:
+        made = ("Made by `python benchmarks/cross_species.py` (command, date, machine, seed and epochs not recorded in "
+                "this JSON); each model: `train.py` with its defaults")
+    shared_types = sorted({t for r in records for t in r["shared_types"]})
+    lines = [
+        "# Cross-species annotation through orthologs",
+        "",
+        f"{made}, trained on the source's fixed training split. Target cells are scored on the types both datasets "
+        f"have (labels compared case-insensitively: {', '.join(shared_types)}); mouse genes reach the human "
+        "vocabulary through orthologs. Beside each model: the same model with its reference profile refitted on the "
+        "target's own unlabelled cells (`processor.fit(target)`, no retraining), and L2 logistic regression fitted on "
+        "the same source training cells and applied to the target on the genes both match in the vocabulary "
+        "(log-normalised, the same ortholog matching). Each cell: accuracy / macro-F1 over the shared types; "
+        "**bold**: the best target macro-F1 of the row.",
+        "",
+        "| source -> target | source test | target cells scored | scInterpreter on the target | reference refitted "
+        "on the target | logistic regression on the target (genes) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        cells = {"model": r, "refitted": r.get("target_reference"), "lr": r["logistic_regression"]}
+        best = max(c["macro_f1"] for c in cells.values() if c)
+        text = {name: "not recorded" if c is None else f"{c['accuracy']:.3f} / {c['macro_f1']:.3f}"
+                for name, c in cells.items()}
+        text = {name: f"**{t}**" if cells[name] and cells[name]["macro_f1"] == best else t
+                for name, t in text.items()}
+        lines.append(f"| {r['source']} -> {r['target']} | {r['source_test']['accuracy']:.3f} / "
+                     f"{r['source_test']['macro_f1']:.3f} | {r['n_target_cells_scored']:,} of "
+                     f"{r['n_target_cells']:,} | {text['model']} | {text['refitted']} | {text['lr']} "
+                     f"({r['logistic_regression']['shared_genes']:,}) |")
+    lines += ["", "Gene matching on each target:", ""]
+    lines += [f"- {r['source']} -> {r['target']}: {r['target_genes_matched']}" for r in records]
+    lines += ["", "What the figures mean, and the earlier runs: docs/experiments.md, \"Cross-species annotation "
+              "through orthologs\"."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", default="12")
@@ -75,8 +112,19 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--work", type=Path, default=Path("outputs/cross_species"))
     parser.add_argument("--reuse_models", action="store_true")
+    parser.add_argument("--render", nargs="?", const=REPO / "docs" / "benchmarks" / "cross_species.json", type=Path,
+                        metavar="JSON", help="only the markdown, from a cross_species.json; trains and scores nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
+    import platform
+    from datetime import date
+
     from transformers import pipeline
+
+    import train
+    from scinterpreter.data import read_h5ad
 
     records = []
     for source, target in PAIRS:
@@ -108,8 +156,16 @@ def main(argv=None):
         }
         records.append(record)
         print(json.dumps(record), flush=True)
+    meta = {"date": date.today().isoformat(),
+            "command": " ".join(["python benchmarks/cross_species.py", *(argv if argv is not None else sys.argv[1:])]),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+            "backbone_dtype": str(annotate.model.model.backbone_dtype).replace("torch.", ""),
+            "seed": json.loads(args.seed), "epochs": json.loads(args.epochs),
+            "models": "reused from --work" if args.reuse_models else "trained in this run"}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cross_species.json").write_text(json.dumps(records, indent=2) + "\n")
+    saved = {"meta": meta, "records": records}
+    (args.out / "cross_species.json").write_text(json.dumps(saved, indent=2) + "\n")
+    (args.out / "cross_species.md").write_text(render(saved))
 
 
 if __name__ == "__main__":

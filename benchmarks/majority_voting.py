@@ -18,10 +18,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from sklearn.metrics import accuracy_score, f1_score
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from splits import REPO, load_split, splits  # noqa: E402
+from splits import REPO, load_split, score, splits  # noqa: E402
 
 
 def plot_annotation_umap(adata, truth, dataset):
@@ -70,8 +68,7 @@ def main(argv=None):
                   "over_clustering": result.adata.uns["scinterpreter"]["over_clustering"], "seconds": round(seconds, 1)}
         for method, column in (("per cell", "scinterpreter"), ("majority voting", "scinterpreter_majority_voting")):
             predicted = obs[column].astype(str).to_numpy()
-            record[method] = {"accuracy": round(accuracy_score(truth, predicted), 4),
-                              "macro_f1": round(f1_score(truth, predicted, average="macro", zero_division=0), 4)}
+            record[method] = score(truth, predicted)
         record["figure"] = plot_annotation_umap(result.adata, truth, dataset)
         print(json.dumps(record))
         records.append(record)

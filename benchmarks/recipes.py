@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from splits import load_split, predict, score, splits  # noqa: E402
+
 # One change each from the product's defaults. Keys are `Recipe` or `TrainingArguments` fields.
 OPTIONS = {
     "default": {},
@@ -67,8 +69,6 @@ def parse_option(name: str) -> dict:
 def load_cells(dataset, split, split_file, fold, bundle):
     """`(expression, gene_names, labels, train, test)` of one split, from ../shared or from a device bundle."""
     if bundle is None:
-        from splits import load_split
-
         adata, labels, train, test = load_split(dataset, split_file, fold)
         return adata, None, labels, train, test
     from scipy import sparse
@@ -112,12 +112,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         references = np.array([result.label2id[label] for label in labels[keep]])
 
         def scores(processor):
-            from sklearn.metrics import accuracy_score, f1_score  # what `evaluate` computes, without needing it
-
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
-            predicted = predict(result.model, inputs, args.per_device_eval_batch_size)
-            return {"accuracy": round(accuracy_score(references, predicted), 4),
-                    "macro_f1": round(f1_score(references, predicted, average="macro"), 4)}
+            logits, _ = predict(result.model, inputs, args.per_device_eval_batch_size)
+            return score(references, logits.argmax(-1).numpy())
 
         metrics = scores(result.processor)
         # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
@@ -138,18 +135,6 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         "device": str(result.model.device), "backbone_dtype": str(result.model.model.backbone_dtype),
         "epochs": epochs,
     }
-
-
-def predict(model, inputs, batch_size):
-    import torch
-
-    model.eval()
-    predicted = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs["gene_ids"]), batch_size):
-            batch = {k: v[start:start + batch_size].to(model.device) for k, v in inputs.items()}
-            predicted.append(model(**batch).logits.argmax(-1).cpu().numpy())
-    return np.concatenate(predicted)
 
 
 def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
@@ -177,8 +162,6 @@ def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
 
 
 def make_jobs(options, split_names, seeds, skip_done=None):
-    from splits import splits
-
     done = set()
     if skip_done and Path(skip_done).exists():
         for line in Path(skip_done).read_text().splitlines():

@@ -7,6 +7,7 @@ refitted on those test cells.
 Writes docs/benchmarks/refit_reference.{json,md}. (On other batches and species it helps: docs/experiments.md.)
 """
 
+import argparse
 import json
 import sys
 import time
@@ -14,10 +15,9 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from splits import REPO, load_split, splits  # noqa: E402
+from splits import REPO, load_split, score, splits  # noqa: E402
 
 import scinterpreter.models as zoo  # noqa: E402
 
@@ -25,7 +25,8 @@ DATASETS = {"pancreas-human": "baron_human_pancreas", "pancreas-mouse": "baron_m
             "pbmc-human": "pbmc3k_clustifyr"}
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help only
     rows = []
     for name, dataset in DATASETS.items():
         (dataset, _, split_file, fold), = [s for s in splits([dataset]) if s[1] == "fixed"]
@@ -36,9 +37,7 @@ def main():
             started = time.perf_counter()
             predicted = [r["label"] for r in annotate(adata[test], refit_reference=refit)]
             row["refitted" if refit else "training_reference"] = {
-                "accuracy": round(accuracy_score(labels[test], predicted), 4),
-                "macro_f1": round(f1_score(labels[test], predicted, average="macro"), 4),
-                "seconds": round(time.perf_counter() - started, 1)}
+                **score(labels[test], predicted), "seconds": round(time.perf_counter() - started, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     (REPO / "docs/benchmarks/refit_reference.json").write_text(json.dumps(

@@ -1,14 +1,15 @@
 """Memory and speed of streaming annotation on large `.h5ad` files: peak RSS at 20k, 100k and 1M cells.
 
-    python benchmarks/scale.py [--sizes 20000 100000 1000000] [--max_cells_1m 40000] [--layers 1]
+    python benchmarks/scale.py [--sizes 20000 100000 1000000] [--max_cells 100000] [--layers 1] [--name scale]
+    python benchmarks/scale.py --render [docs/benchmarks/scale.json]   # only the markdown, from the JSON
 
 Synthetic data with a real dataset's gene panel and count distribution: each synthetic cell is a real Baron human
 cell (drawn with replacement), written to disk chunk by chunk as a
 CSR matrix, so neither the generator nor the annotator ever holds the whole matrix. Each size is annotated by
 `scinterpreter.annotate.annotate_h5ad` in a fresh process (backbone cut to `--layers` layers: memory is about
 the data path, not the backbone); the process reports its own peak RSS. For sizes above `--max_cells`, only the
-first chunks are annotated and the rate gives the time for the whole file. Writes docs/benchmarks/scale.json and
-scale.md; the last line printed is one JSON object.
+first chunks are annotated and the rate gives the time for the whole file. Writes docs/benchmarks/<name>.json and
+<name>.md (the report, rendered from that JSON alone); the last line printed is one JSON object.
 """
 
 import argparse
@@ -79,6 +80,26 @@ def annotate_in_fresh_process(path, model, out, chunk, max_chunks, compile_backb
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def render(report: dict) -> str:
+    """The markdown report of a scale.py JSON, every figure taken from it (what it lacks is said so)."""
+    command = report.get("command", "python benchmarks/scale.py")
+    recorded = "" if "command" in report else " (command line not recorded)"
+    cores = f"{report['cpu_cores']} CPU cores" if "cpu_cores" in report else "CPU cores not recorded"
+    genes = f"{report['n_genes']:,} genes" if "n_genes" in report else "gene count not recorded"
+    compiled = {True: "backbone under torch.compile", False: "backbone uncompiled"}.get(
+        report.get("compile_backbone"), "backbone compilation not recorded")
+    lines = ["# Streaming annotation at scale", "",
+             f"`{command}`{recorded} on {report['date']}, {cores}; backbone cut to {report['layers']} layer(s), "
+             f"chunks of {report['chunk_size']:,} cells, synthetic raw counts resampled from Baron human ({genes}); "
+             f"{compiled}.", "",
+             "| cells in file | cells annotated | file GB | cells/s | peak RSS MB | hours for the whole file |",
+             "|---|---|---|---|---|---|"]
+    for r in report["records"]:
+        lines.append(f"| {r['n_cells']:,} | {r['annotated_cells']:,} | {r['file_gb']} | {r['cells_per_s']} | "
+                     f"{r['peak_rss_mb']} | {r['estimated_hours_for_all']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000, 1000000])
@@ -86,12 +107,21 @@ def main(argv=None):
                         help="Annotate at most this many cells of a file; larger files give a rate.")
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--compile_backbone", action=argparse.BooleanOptionalAction, default=False,
-                        help="Annotate with the backbone under torch.compile (as annotate does from 20,000 cells on); "
-                             "off by default: this benchmark measures the data path.")
+                        help="Annotate with the backbone under torch.compile (as annotate does from "
+                             "pipeline_scinterpreter.COMPILE_MIN_CELLS cells on); off by default: this benchmark "
+                             "measures the data path.")
     parser.add_argument("--chunk_size", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/scinterpreter_scale"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    parser.add_argument("--name", default=None,
+                        help="File name of the report, without suffix (default: scale, or scale_compiled with "
+                             "--compile_backbone).")
+    parser.add_argument("--render", nargs="?", const=REPO / "docs" / "benchmarks" / "scale.json", type=Path,
+                        metavar="JSON", help="only the markdown, from a scale.py JSON; annotates nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
     import shutil
 
     from scinterpreter.build import build_model, save_model_folder
@@ -127,22 +157,13 @@ def main(argv=None):
     import anndata
 
     n_genes = anndata.read_h5ad(SOURCE, backed="r").n_vars
-    report = {"date": date.today().isoformat(), "cpu_cores": os.cpu_count(), "n_genes": n_genes,
-              "layers": args.layers, "chunk_size": args.chunk_size,
-              "compile_backbone": args.compile_backbone, "records": records}
-    stem = "scale_compiled" if args.compile_backbone else "scale"
+    report = {"date": date.today().isoformat(),
+              "command": " ".join(["python benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
+              "cpu_cores": os.cpu_count(), "n_genes": n_genes, "layers": args.layers, "chunk_size": args.chunk_size,
+              "max_cells": args.max_cells, "compile_backbone": args.compile_backbone, "records": records}
+    stem = args.name or ("scale_compiled" if args.compile_backbone else "scale")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["# Streaming annotation at scale", "",
-             f"`python benchmarks/scale.py` on {report['date']}, {report['cpu_cores']} CPU cores; backbone cut to "
-             f"{args.layers} layer(s), chunks of {args.chunk_size} cells, synthetic raw counts resampled from Baron "
-             f"human ({n_genes:,} genes); "
-             f"backbone {'under torch.compile' if args.compile_backbone else 'uncompiled'}.", "",
-             "| cells in file | cells annotated | file GB | cells/s | peak RSS MB | hours for the whole file |",
-             "|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['n_cells']:,} | {r['annotated_cells']:,} | {r['file_gb']} | {r['cells_per_s']} | "
-                     f"{r['peak_rss_mb']} | {r['estimated_hours_for_all']} |")
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text(render(report))
     rss = {r["n_cells"]: r["peak_rss_mb"] for r in records}
     summary = {"peak_rss_mb": rss}
     if 20000 in rss and 100000 in rss:

@@ -1,6 +1,7 @@
 """Speed of scInterpreter on this machine, against the matmul peak and against a naive fp32 forward pass.
 
     python benchmarks/speed.py [--seconds 20] [--rounds 3] [--out docs/benchmarks]
+    python benchmarks/speed.py --render [docs/benchmarks/speed.json]   # only the markdown, from the JSON
 
 Prints and writes (docs/benchmarks/speed.json and speed.md), from one run: the CPU model and flags; the bf16 and
 fp32 matmul FLOP/s this machine reaches (a plain torch matmul loop); cells/s for inference and training at the
@@ -8,7 +9,7 @@ default settings (6 layers, k = 64) and at full depth (30 layers, k = 64), infer
 under `torch.compile` (as the pipeline runs large jobs) and without; the same inference through a naive fp32
 forward pass that reads the instruction again for every cell, as the paper's code does; and the fraction of the
 best matmul peak that inference reaches, counting the model's FLOPs per cell, timed in rounds beside the peak.
-The last printed line is one JSON object with the headline numbers.
+The last printed line is one JSON object with the headline numbers. speed.md is rendered from speed.json alone.
 """
 
 import argparse
@@ -26,8 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from loading_scinterpreter import select_backbone_dtype  # noqa: E402
+from pipeline_scinterpreter import COMPILE_MIN_CELLS  # noqa: E402
 from scinterpreter.build import build_model  # noqa: E402
 from scinterpreter.recipe import Recipe  # noqa: E402
+
+MATMUL_SIZE = 2048  # the square matrices of the matmul peak
 
 
 def cpu_description():
@@ -54,7 +58,7 @@ def timed(function, seconds: float, min_calls: int = 3):
     return calls, time.perf_counter() - started
 
 
-def matmul_peak(dtype, seconds, size=2048):
+def matmul_peak(dtype, seconds, size=MATMUL_SIZE):
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     calls, elapsed = timed(lambda: torch.mm(a, b), seconds)
     return 2 * size**3 * calls / elapsed
@@ -107,7 +111,8 @@ def measure(layers, n_top_genes, seconds, peak_dtype, batch_sizes=(16, 64), trai
     flops = flops_per_cell(config, n_top_genes, n_prefix)
     result = {"layers": config.text_config.num_hidden_layers, "n_top_genes": n_top_genes,
               "backbone_dtype": str(model.model.backbone_dtype).replace("torch.", ""),
-              "flops_per_cell": flops, "inference_by_batch_size": {}}
+              "flops_per_cell": flops, "inference_by_batch_size": {}, "train_batch_size": train_batch_size,
+              "naive_batch_size": len(gene_ids)}
 
     def inference_rate(size, seconds):
         inputs = (gene_ids[:size], gene_values[:size], gene_mask[:size])
@@ -166,15 +171,85 @@ def measure(layers, n_top_genes, seconds, peak_dtype, batch_sizes=(16, 64), trai
     return result
 
 
+def spread(values) -> float:
+    """(max - min) / median: how much a figure moved between the rounds of one run."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def render(report: dict) -> str:
+    """The markdown report of a speed.json, every figure taken from it (what it lacks is said so)."""
+    runs = report["runs"]
+    command = report.get("command", "python benchmarks/speed.py")
+    recorded = "" if "command" in report else " (command line not recorded)"
+    n_rounds = {len(r["rounds"]["peak"]) for r in runs}
+    peak_dtype = max(report["matmul_flops"], key=report["matmul_flops"].get)
+    batch_sizes = sorted({int(size) for r in runs for size in r["inference_by_batch_size"]})
+
+    def batch(key):
+        sizes = sorted({r[key] for r in runs if key in r})
+        return "batch " + " / ".join(map(str, sizes)) if sizes and all(key in r for r in runs) else \
+            "a batch size not recorded"
+
+    matmul = f"{report['matmul_size']} x {report['matmul_size']}" if "matmul_size" in report else \
+        "matrix size not recorded"
+    peak_spread = spread([p for r in runs for p in r["rounds"]["peak"]])
+    rate_spread = max(spread(r["rounds"][name]) for r in runs for name in ("compiled", "eager"))
+    lines = [
+        "# Speed on this machine",
+        "",
+        f"`{command}`{recorded} on {report['date']}: {report['cpu']}, {report['threads']} threads, flags "
+        f"{', '.join(report['flags'])}; backbone dtype chosen: {report['chosen_backbone_dtype']}. Random cells of k "
+        f"genes; inference at the faster of batch {' and '.join(map(str, batch_sizes))}, training at "
+        f"{batch('train_batch_size')}, naive fp32 at {batch('naive_batch_size')}.",
+        "",
+        f"Matmul peak ({matmul}, torch.mm loop): fp32 {report['matmul_flops']['float32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {report['matmul_flops']['bfloat16'] / 1e9:.0f} GFLOP/s. Inference is timed in "
+        f"{' / '.join(map(str, sorted(n_rounds)))} rounds, each beside a new {peak_dtype} peak measurement; the table "
+        "gives medians over the rounds and each fraction of the peak compares a round's inference with that round's "
+        f"peak (between the rounds of this run the peak moved by {peak_spread:.0%} and an inference rate by up to "
+        f"{rate_spread:.0%}: max - min over the median).",
+        "",
+        "Inference as the product runs a large job: the backbone under `torch.compile` (the pipeline's default from "
+        f"{COMPILE_MIN_CELLS:,} cells, `compile_backbone=True` below that); uncompiled as it runs a small one.",
+        "",
+        "| layers | k | inference cells/s (compiled) | fraction of peak | uncompiled cells/s | fraction of peak "
+        "| training cells/s | naive fp32 cells/s | speed-up (compiled / uncompiled) | GFLOP per cell |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['layers']} | {r['n_top_genes']} | {r['inference_cells_per_s']:.1f} | {r['peak_fraction']:.2f} | "
+            f"{r['eager_inference_cells_per_s']:.1f} | {r['eager_peak_fraction']:.2f} | "
+            f"{r['training_cells_per_s']:.1f} | {r['naive_fp32_cells_per_s']:.1f} | "
+            f"{r['speedup_over_naive_fp32']:.2f}x / {r['eager_speedup_over_naive_fp32']:.2f}x | "
+            f"{r['flops_per_cell'] / 1e9:.3f} |"
+        )
+    for r in runs:
+        lines.append("")
+        lines.append(f"{r['layers']} layers: uncompiled inference cells/s by batch size: " + ", ".join(
+            f"{size}: {rate:.1f}" for size, rate in r["inference_by_batch_size"].items())
+            + f"; compiling took {r['compile_seconds']:.0f} s; rounds (peak GFLOP/s, compiled, uncompiled cells/s): "
+            + ", ".join(f"({p / 1e9:.0f}, {c:.1f}, {e:.1f})" for p, c, e in
+                        zip(r["rounds"]["peak"], r["rounds"]["compiled"], r["rounds"]["eager"])) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="Measuring time per figure.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved peak / inference rounds per model size.")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--full_depth", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--render", nargs="?", const=REPO / "docs" / "benchmarks" / "speed.json", type=Path,
+                        metavar="JSON", help="only the markdown, from a speed.json; measures nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
 
-    report = {"date": date.today().isoformat(), **cpu_description(),
+    report = {"date": date.today().isoformat(),
+              "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+              "seconds": args.seconds, "rounds": args.rounds, "matmul_size": MATMUL_SIZE, **cpu_description(),
               "chosen_backbone_dtype": str(select_backbone_dtype("cpu")).replace("torch.", "")}
     report["matmul_flops"] = {"float32": matmul_peak(torch.float32, args.seconds / 2),
                               "bfloat16": matmul_peak(torch.bfloat16, args.seconds / 2)}
@@ -191,42 +266,7 @@ def main(argv=None):
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [
-        "# Speed on this machine",
-        "",
-        f"`python benchmarks/speed.py --seconds {args.seconds:g} --rounds {args.rounds}` on {report['date']}: "
-        f"{report['cpu']}, {report['threads']} threads, flags {', '.join(report['flags'])}; backbone dtype chosen: "
-        f"{report['chosen_backbone_dtype']}. Random cells of k genes; inference at the faster of batch 16 and 64, "
-        "training at batch 16, naive fp32 at batch 64.",
-        "",
-        f"Matmul peak (2048 x 2048, torch.mm loop): fp32 {report['matmul_flops']['float32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {report['matmul_flops']['bfloat16'] / 1e9:.0f} GFLOP/s. Inference is timed in {args.rounds} rounds, "
-        f"each beside a new {peak_dtype} peak measurement; the table gives medians over the rounds and each fraction "
-        "of the peak compares a round's inference with that round's peak (this VM's speed drifts by ~10%).",
-        "",
-        "Inference as the product runs a large job: the backbone under `torch.compile` (the pipeline's default from "
-        "20,000 cells, `compile_backbone=True` below that); uncompiled as it runs a small one.",
-        "",
-        "| layers | k | inference cells/s (compiled) | fraction of peak | uncompiled cells/s | fraction of peak "
-        "| training cells/s | naive fp32 cells/s | speed-up (compiled / uncompiled) | GFLOP per cell |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["runs"]:
-        lines.append(
-            f"| {r['layers']} | {r['n_top_genes']} | {r['inference_cells_per_s']:.1f} | {r['peak_fraction']:.2f} | "
-            f"{r['eager_inference_cells_per_s']:.1f} | {r['eager_peak_fraction']:.2f} | "
-            f"{r['training_cells_per_s']:.1f} | {r['naive_fp32_cells_per_s']:.1f} | "
-            f"{r['speedup_over_naive_fp32']:.2f}x / {r['eager_speedup_over_naive_fp32']:.2f}x | "
-            f"{r['flops_per_cell'] / 1e9:.3f} |"
-        )
-    for r in report["runs"]:
-        lines.append("")
-        lines.append(f"{r['layers']} layers: uncompiled inference cells/s by batch size: " + ", ".join(
-            f"{size}: {rate:.1f}" for size, rate in r["inference_by_batch_size"].items())
-            + f"; compiling took {r['compile_seconds']:.0f} s; rounds (peak GFLOP/s, compiled, uncompiled cells/s): "
-            + ", ".join(f"({p / 1e9:.0f}, {c:.1f}, {e:.1f})" for p, c, e in
-                        zip(r["rounds"]["peak"], r["rounds"]["compiled"], r["rounds"]["eager"])) + ".")
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    (args.out / "speed.md").write_text(render(report))
     default = report["runs"][0]
     print(json.dumps({
         "inference_cells_per_s": round(default["inference_cells_per_s"], 2),

@@ -1,4 +1,5 @@
-"""The shared datasets and their fixed splits (../shared/data/scrna), as every benchmark reads them."""
+"""The shared datasets and their fixed splits (../shared/data/scrna), as every benchmark reads them, and the two
+helpers every benchmark scores with: `predict` (a model's outputs, batch by batch) and `score` (accuracy, macro-F1)."""
 
 import json
 import sys
@@ -31,3 +32,30 @@ def load_split(dataset, split_file, fold=None):
     labels = check_label_column(adata, label_key)
     train, test = split_cells(adata, labels, split_file, fold)
     return adata, labels, train, test
+
+
+def predict(model, inputs, batch_size=64):
+    """`(logits, cell_embeddings)` of a model on processor `inputs` (`gene_ids`, `gene_values`, `gene_mask` tensors),
+    `batch_size` cells at a time on the model's device, in eval mode; both float32 on the CPU. Predicted label ids:
+    `predict(...)[0].argmax(-1)`."""
+    import torch
+
+    model.eval()
+    logits, embeddings = [], []
+    with torch.inference_mode():
+        for start in range(0, len(inputs["gene_ids"]), batch_size):
+            outputs = model(**{k: v[start:start + batch_size].to(model.device) for k, v in inputs.items()})
+            logits.append(outputs.logits.float().cpu())
+            embeddings.append(outputs.cell_embeddings.float().cpu())
+    return torch.cat(logits), torch.cat(embeddings)
+
+
+def score(references, predicted, labels=None) -> dict:
+    """`{"accuracy", "macro_f1"}` of `predicted` against `references` (labels or label ids), rounded to 4 places.
+    Macro-F1 averages over `labels` when given (e.g. only the types both sides of a transfer know), else over the
+    classes present in either; a class never predicted and never present counts 0."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": round(float(accuracy_score(references, predicted)), 4),
+            "macro_f1": round(float(f1_score(references, predicted, average="macro", labels=labels,
+                                             zero_division=0)), 4)}

@@ -5,6 +5,7 @@ the known types should keep their label.
 
     python benchmarks/unknown_types.py            # 6 trainings, ~45 min on 2 CPU cores; then the report
     python benchmarks/unknown_types.py --report   # the report again from the saved per-cell outputs
+    python benchmarks/unknown_types.py --render   # only the markdown, from docs/benchmarks/unknown_types.json
 
 For every run it saves the logits and cell embeddings of the training, validation, test and left-out cells
 (outputs/unknown_types/*.safetensors) and scores four "unknown" scores: the calibrated maximum probability, the
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from splits import REPO, load_split, splits  # noqa: E402
+from splits import REPO, load_split, predict, splits  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -35,25 +36,11 @@ LEFT_OUT = {
     "pbmc3k_clustifyr": ["B", "NK", "FCGR3A+ Mono"],
 }
 OUT = REPO / "outputs" / "unknown_types"
+REPORT = REPO / "docs" / "benchmarks" / "unknown_types.json"
 
 
 def run_name(dataset, cell_type):
     return f"{dataset}__{cell_type.replace(' ', '_').replace('+', 'p')}"
-
-
-def forward(model, processor, expression, batch_size=64):
-    """Logits and cell embeddings of `expression`'s cells."""
-    import torch
-
-    inputs = processor(expression, return_tensors="pt")
-    logits, embeddings = [], []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(inputs["gene_ids"]), batch_size):
-            outputs = model(**{k: v[start:start + batch_size] for k, v in inputs.items()})
-            logits.append(outputs.logits.float())
-            embeddings.append(outputs.cell_embeddings.float())
-    return torch.cat(logits), torch.cat(embeddings)
 
 
 def train_one(dataset, cell_type, seed):
@@ -77,7 +64,7 @@ def train_one(dataset, cell_type, seed):
     tensors, label_ids = {}, {}
     for name, positions in (("train", fitted_train), ("validation", validation), ("test", known_test),
                             ("left_out", left_out)):
-        logits, embeddings = forward(result.model, result.processor, adata[positions])
+        logits, embeddings = predict(result.model, result.processor(adata[positions], return_tensors="pt"))
         tensors[f"{name}.logits"], tensors[f"{name}.embeddings"] = logits.contiguous(), embeddings.contiguous()
         label_ids[name] = [result.label2id.get(label, -1) for label in labels[positions]]
     import torch
@@ -108,12 +95,13 @@ def scores(outputs, temperature, centroids, train_embeddings, k=10):
     }
 
 
-def report():
+def report(command="python benchmarks/unknown_types.py"):
+    """Scores every saved run in outputs/unknown_types and writes docs/benchmarks/unknown_types.{json,md}."""
     import torch
     from safetensors import safe_open
     from sklearn.metrics import roc_auc_score
 
-    from scinterpreter.calibration import fit_unassigned_threshold
+    from scinterpreter.calibration import UNASSIGNED_RATE, fit_unassigned_threshold
 
     rows = []
     for path in sorted(OUT.glob("*.safetensors")):
@@ -136,7 +124,7 @@ def report():
                "train_seconds": float(metadata["train_seconds"]), "scores": {}}
         for score in per_part["test"]:
             known, unknown = per_part["test"][score], per_part["left_out"][score]
-            threshold = fit_unassigned_threshold(-per_part["validation"][score])
+            threshold = fit_unassigned_threshold(-per_part["validation"][score], UNASSIGNED_RATE)
             flagged_known, flagged_unknown = known > -threshold, unknown > -threshold
             row["scores"][score] = {
                 "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(unknown))],
@@ -152,41 +140,61 @@ def report():
     names = list(rows[0]["scores"])
     mean = {score: {key: round(float(np.mean([row["scores"][score][key] for row in rows])), 4)
                     for key in rows[0]["scores"][score]} for score in names}
-    (REPO / "docs/benchmarks/unknown_types.json").write_text(json.dumps(
-        {"date": str(date.today()), "command": "python benchmarks/unknown_types.py", "runs": rows, "mean": mean},
-        indent=1) + "\n")
+    result = {"date": str(date.today()), "command": command, "unassigned_rate": UNASSIGNED_RATE, "runs": rows,
+              "mean": mean}
+    REPORT.write_text(json.dumps(result, indent=1) + "\n")
+    REPORT.with_suffix(".md").write_text(render(result))
+    print(REPORT.with_suffix(".md").read_text())
+
+
+def render(result: dict) -> str:
+    """The markdown report of an unknown_types.json, every figure taken from it."""
+    from scinterpreter.calibration import UNASSIGNED_RATE
+
+    names = list(result["mean"])
+    seeds = sorted({row["seed"] for row in result["runs"]})
+    if "unassigned_rate" in result:
+        rate = f"it flags at most {result['unassigned_rate']:.0%} of them"
+    else:
+        rate = (f"it flags at most `UNASSIGNED_RATE` of them, {UNASSIGNED_RATE:.0%} in the product now; this JSON does "
+                "not record the rate of its run")
     lines = [
         "# Unknown cell types: leave one type out of training",
         "",
-        f"`python benchmarks/unknown_types.py` ({date.today()}, this CPU): for each dataset's fixed split, one cell "
-        "type at a time is removed from the training cells and the default recipe is trained (seed 0) on the rest. "
-        "The left-out type's cells (all of them, training and test split: the model saw none) should be flagged; "
-        "the known types' test cells should not. The threshold is the product's automatic one "
-        "(`fit_unassigned_threshold` on the validation cells: it flags at most 5% of them).",
+        f"`{result['command']}` ({result['date']}, this CPU): for each dataset's fixed split, one cell type at a time "
+        f"is removed from the training cells and the default recipe is trained (seed{'s' * (len(seeds) > 1)} "
+        f"{', '.join(map(str, seeds))}) on the rest. The left-out type's cells (all of them, training and test split: "
+        "the model saw none) should be flagged; the known types' test cells should not. The threshold is the "
+        f"product's automatic one (`fit_unassigned_threshold` on the validation cells: {rate}).",
         "",
         "| dataset | left out (cells) | known test acc | " + " | ".join(
             f"{score}: AUROC / left out flagged / known flagged" for score in names) + " |",
         "|---|---|---|" + "---|" * len(names),
     ]
-    for row in rows:
+    for row in result["runs"]:
         lines.append(f"| {row['dataset']} | {row['left_out']} ({row['n_left_out']}) | {row['known_test_accuracy']:.3f} | "
                      + " | ".join("{auroc:.3f} / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
                          **row["scores"][score]) for score in names) + " |")
     lines.append("| **mean** | | | " + " | ".join("**{auroc:.3f}** / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
-        **mean[score]) for score in names) + " |")
+        **result["mean"][score]) for score in names) + " |")
     lines += ["", "Higher AUROC: the score tells the left-out cells from the known ones better. Known flagged: known "
               "test cells that would come out `Unassigned` at the automatic threshold (some of them misclassified "
               "anyway: see `known_correct_flagged` and `known_accuracy_of_kept` in the JSON)."]
-    (REPO / "docs/benchmarks/unknown_types.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--report", action="store_true", help="only the report, from the saved runs")
+    parser.add_argument("--report", action="store_true", help="only the report, scored again from the saved runs")
+    parser.add_argument("--render", nargs="?", const=REPORT, type=Path, metavar="JSON",
+                        help=f"only the markdown, from an unknown_types.json (default {REPORT.relative_to(REPO)}); "
+                             "scores nothing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--datasets", nargs="*", default=list(LEFT_OUT))
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
     if not args.report:
         for dataset in args.datasets:
             for cell_type in LEFT_OUT[dataset]:
@@ -195,7 +203,7 @@ def main(argv=None):
                 started = time.perf_counter()
                 train_one(dataset, cell_type, args.seed)
                 print(f"  {time.perf_counter() - started:.0f} s in all", flush=True)
-    report()
+    report(" ".join(["python benchmarks/unknown_types.py", *(argv if argv is not None else sys.argv[1:])]))
 
 
 if __name__ == "__main__":
