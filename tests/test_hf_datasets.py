@@ -139,13 +139,3 @@ def test_train_on_the_tahoe_layout_in_memory_and_streamed(tmp_path):
     assert streamed["n_test_cells"] + streamed["n_train_cells"] == 90  # cells named by a hash of their values
     assert streamed["test"]["accuracy"] >= 0.9
     assert sorted(streamed["per_class"]) == ["CVCL_B_cell", "CVCL_T_cell", "CVCL_beta"]
-
-
-def test_streamed_training_names_a_missing_label_column(tmp_path):
-    import train
-    from processing_scinterpreter import ScInterpreterInputError
-
-    folder, _ = make_tahoe_like_folder(tmp_path)
-    with pytest.raises(ScInterpreterInputError, match="no label column 'label'.*cell_line_id"):
-        train.main(["--dataset", str(folder), "--streaming", "true", "--gene_encoder", "random",
-                    "--output_dir", str(tmp_path / "run")])
