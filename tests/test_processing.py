@@ -126,6 +126,18 @@ def test_excluded_genes_are_never_chosen_but_count_in_the_library_size():
     assert [vocab[i] for i in np.flatnonzero(custom.excluded_vocab_rows())] == ["CD3E"]
 
 
+def test_a_processor_saved_with_the_older_gene_ranking_expression_loads_as_gene_selection_expression(tmp_path):
+    import json
+
+    ScInterpreterProcessor(gene_vocab=GENES).save_pretrained(tmp_path)
+    (saved,) = tmp_path.glob("*processor_config.json")
+    settings = {key: value for key, value in json.loads(saved.read_text()).items() if key != "gene_selection"}
+    saved.write_text(json.dumps({**settings, "gene_ranking": "expression"}))
+    loaded = ScInterpreterProcessor.from_pretrained(tmp_path)
+    assert loaded.gene_selection == "expression" and not hasattr(loaded, "gene_ranking")
+    # The refusal of its removed "standardized": tests/test_reliability.py.
+
+
 def test_exclude_genes_is_saved_with_the_processor(tmp_path):
     processor = ScInterpreterProcessor(gene_vocab=GENES, exclude_genes="ribosomal_mitochondrial")
     processor.save_pretrained(tmp_path)
