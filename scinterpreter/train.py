@@ -229,11 +229,12 @@ def test_calibration(logits, references, calibration: dict, model) -> dict:
 
 def streamed_max_steps(n_train_cells: int, training_args) -> int:
     """The training steps of `num_train_epochs` passes over `n_train_cells` streamed cells (a stream has no length
-    for `Trainer` to count them by): each step takes `per_device_train_batch_size` cells on each of the
-    `world_size` processes that torchrun starts, so more processes take fewer steps."""
+    for `Trainer` to count them by): each step (an optimizer update) takes `gradient_accumulation_steps` batches of
+    `train_batch_size` cells on each of the `world_size` processes that torchrun starts, so more processes or more
+    accumulation take fewer steps."""
     import math
 
-    per_step = training_args.per_device_train_batch_size * training_args.world_size
+    per_step = training_args.train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps
     return math.ceil(n_train_cells / per_step) * math.ceil(training_args.num_train_epochs)
 
 

@@ -69,17 +69,18 @@ def test_train_streams_a_dataset_folder_chunk_by_chunk(tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("world_size, expected", [(1, 3 * 13), (4, 3 * 4)])
-def test_streamed_steps_count_the_cells_of_every_process(tmp_path, monkeypatch, world_size, expected):
+@pytest.mark.parametrize("world_size, accumulation, expected", [(1, 1, 3 * 13), (4, 1, 3 * 4), (2, 2, 3 * 4)])
+def test_streamed_steps_count_the_cells_of_every_process(tmp_path, monkeypatch, world_size, accumulation, expected):
     from scinterpreter.train import streamed_max_steps
     from scinterpreter.training import ScInterpreterTrainingArguments
 
     # torchrun's world size, without torchrun: each of the processes takes its own batch of 8 cells per step.
     monkeypatch.setattr(ScInterpreterTrainingArguments, "world_size", property(lambda self: world_size))
+    monkeypatch.setattr(ScInterpreterTrainingArguments, "n_gpu", property(lambda self: 1))  # one device per process
     args = ScInterpreterTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8,
-                                          num_train_epochs=3)
-    assert args.world_size == world_size
-    # 3 passes over 100 cells: 3 x ceil(100 / (8 cells x processes)) steps.
+                                          gradient_accumulation_steps=accumulation, num_train_epochs=3)
+    assert args.world_size == world_size and args.train_batch_size == 8
+    # 3 passes over 100 cells: 3 x ceil(100 / (8 cells x processes x accumulated batches)) steps.
     assert streamed_max_steps(100, args) == expected
 
 
