@@ -150,11 +150,13 @@ class ScInterpreterConfig(PretrainedConfig):
         self.label_smoothing = label_smoothing
         self.class_weights = list(class_weights) if class_weights is not None else None
         if cell_pooling not in ("class_token", "mean"):
-            raise ValueError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
+            raise ScInterpreterInputError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
         self.soft_token_rms = soft_token_rms
         self.gene_offsets = gene_offsets
         if not 0.0 <= float(gene_dropout) < 1.0:
-            raise ValueError(f"gene_dropout is a share of each cell's genes in [0, 1), not {gene_dropout!r}.")
+            raise ScInterpreterInputError(
+                f"gene_dropout is a share of each cell's genes in [0, 1), not {gene_dropout!r}."
+            )
         self.gene_dropout = float(gene_dropout)
         self.lora_rank = int(lora_rank)
         self.lora_alpha = float(lora_alpha)
@@ -162,7 +164,9 @@ class ScInterpreterConfig(PretrainedConfig):
         self.cell_pooling = cell_pooling
         self.calibration_temperature = calibration_temperature
         if unassigned_score not in UNASSIGNED_SCORES:
-            raise ValueError(f"unassigned_score must be one of {UNASSIGNED_SCORES}, not {unassigned_score!r}.")
+            raise ScInterpreterInputError(
+                f"unassigned_score must be one of {UNASSIGNED_SCORES}, not {unassigned_score!r}."
+            )
         self.unassigned_threshold = unassigned_threshold
         self.unassigned_score = unassigned_score
         self.adapter_only = adapter_only

@@ -149,6 +149,15 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         ortholog_map=None,
         **kwargs,
     ):
+        # `gene_ranking` was `gene_selection`'s name until `fit` came (processor folders of then may hold it): its
+        # "expression" is today's; its "standardized" was removed, and a kept key would be ignored without a word.
+        gene_ranking = kwargs.pop("gene_ranking", None)
+        if gene_ranking not in (None, "expression"):
+            raise ScInterpreterInputError(
+                f"gene_ranking={gene_ranking!r} was removed: genes are chosen by gene_selection, one of "
+                f"{GENE_SELECTIONS}."
+            )
+        gene_selection = gene_selection or gene_ranking
         super().__init__(**kwargs)
         if input_kind not in INPUT_KINDS:
             raise ScInterpreterInputError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}.")

@@ -116,7 +116,10 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
     if progress_file.is_file():
         progress = json.loads(progress_file.read_text())
         if {key: progress.get(key) for key in settings} != settings:
-            raise ValueError(f"{out} holds results of another run ({progress_file}); use a new --out folder.")
+            from processing_scinterpreter import ScInterpreterInputError
+
+            raise ScInterpreterInputError(f"{out} holds results of another run ({progress_file}); use a new --out "
+                                          "folder.")
         done = progress["chunks_done"]
         logger.info(f"Resuming: {done} of {n_chunks} chunks already annotated in {out}")
     started, annotated = time.perf_counter(), 0

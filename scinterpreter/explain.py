@@ -16,7 +16,10 @@ def driver_genes(adata, key_added: str = "scinterpreter") -> pd.DataFrame:
     """
     table_key = f"{key_added}_genes"
     if table_key not in adata.obsm:
-        raise ValueError(f"adata.obsm has no {table_key!r}: annotate with explain=True (and key_added={key_added!r}).")
+        from processing_scinterpreter import ScInterpreterInputError
+
+        raise ScInterpreterInputError(f"adata.obsm has no {table_key!r}: annotate with explain=True "
+                                      f"(and key_added={key_added!r}).")
     table = adata.obsm[table_key]
     n = sum(column.startswith("gene_") for column in table.columns)
     long = pd.DataFrame({

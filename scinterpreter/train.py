@@ -227,10 +227,19 @@ def test_calibration(logits, references, calibration: dict, model) -> dict:
             if (~flagged).any() else None}
 
 
-def train_streaming(script_args, recipe, training_args, callbacks, started, push_to=None):
-    """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
+def streamed_max_steps(n_train_cells: int, training_args) -> int:
+    """The training steps of `num_train_epochs` passes over `n_train_cells` streamed cells (a stream has no length
+    for `Trainer` to count them by): each step (an optimizer update) takes `gradient_accumulation_steps` batches of
+    `train_batch_size` cells on each of the `world_size` processes that torchrun starts, so more processes or more
+    accumulation take fewer steps."""
     import math
 
+    per_step = training_args.train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps
+    return math.ceil(n_train_cells / per_step) * math.ceil(training_args.num_train_epochs)
+
+
+def train_streaming(script_args, recipe, training_args, callbacks, started, push_to=None):
+    """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
     from .streaming import StreamingCells, cell_key, hash_split
 
     if str(script_args.dataset).endswith(".h5ad") or script_args.dataset in DEMO_DATASETS:
@@ -269,8 +278,7 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
         label2id = {label: i for i, label in enumerate(classes)}
     model, processor = build_model(classes, recipe, device=training_args.device)
     if training_args.max_steps <= 0:
-        per_step = training_args.per_device_train_batch_size * training_args.world_size
-        training_args.max_steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
+        training_args.max_steps = streamed_max_steps(n_train, training_args)
         logger.info(f"{n_train} training cells in the stream: {training_args.max_steps} steps")
     stream = dict(gene_metadata=gene_metadata, processor=processor, label_column=label_column, label2id=label2id)
     train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000),

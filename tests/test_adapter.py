@@ -9,8 +9,6 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 import train
-from modeling_scinterpreter import ScInterpreterForCellAnnotation
-from processing_scinterpreter import ScInterpreterInputError
 from scinterpreter.build import build_model, save_model_folder
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 
@@ -54,14 +52,6 @@ def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logi
     torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-6)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
-
-
-def test_adapter_without_its_gene_table_is_a_clear_error(built, monkeypatch):
-    model, processor, tmp_path = built
-    folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
-    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(ScInterpreterInputError, match="needs gene table"):
-        ScInterpreterForCellAnnotation.from_pretrained(folder)
 
 
 @pytest.mark.slow

@@ -68,12 +68,6 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_cells(h5ad, saved_
     assert embeddings.shape == (50, 32)
 
 
-def test_a_folder_from_another_run_is_not_mixed_in(h5ad, saved_tiny_model, tmp_path):
-    annotate_h5ad(h5ad, saved_tiny_model, tmp_path / "out", chunk_size=8, max_chunks=1)
-    with pytest.raises(ValueError, match="results of another run"):
-        annotate_h5ad(h5ad, saved_tiny_model, tmp_path / "out", chunk_size=16)
-
-
 def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path):
     import anndata
 
@@ -153,11 +147,3 @@ def test_a_layer_is_streamed_and_the_annotated_copy_written_without_reading_the_
     np.testing.assert_array_equal(annotated.layers["counts"].toarray(), counts)
     assert annotated.obs["donor"].tolist() == source.obs["donor"].tolist() and annotated.uns["mine"] == "kept"
     np.testing.assert_array_equal(annotated.obsm["X_pca"], source.obsm["X_pca"])
-    with pytest.raises(ValueError, match="already has .*another --key_added"):
-        main([str(target), "--model", str(saved_tiny_model), "--out", str(tmp_path / "out2"), "--chunk_size", "16",
-              "--layer", "counts", "--write_h5ad", str(tmp_path / "again.h5ad")])
-
-
-def test_an_unknown_layer_is_a_clear_error(h5ad, saved_tiny_model, tmp_path):
-    with pytest.raises(ValueError, match="layer 'spliced' is not in .*layers: \\[\\]"):
-        annotate_h5ad(h5ad, saved_tiny_model, tmp_path / "out", layer="spliced")

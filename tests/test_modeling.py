@@ -147,8 +147,6 @@ def test_mean_pooling_skips_the_backbone(processor, counts, monkeypatch):
     soft = model.model.get_gene_features(inputs["gene_ids"], inputs["gene_values"])
     mask = inputs["gene_mask"].float()[..., None]
     torch.testing.assert_close(out.cell_embeddings, (soft * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="cell_pooling"):
-        make_tiny_model(cell_pooling="max")
 
 
 def test_lora_adapters_start_at_the_frozen_model_and_train_with_the_projector(processor, counts):
@@ -219,5 +217,3 @@ def test_gene_dropout_leaves_genes_out_in_training_only(processor, counts):
     first = model(**inputs).logits
     torch.manual_seed(2)
     assert not torch.allclose(first, model(**inputs).logits)
-    with pytest.raises(ValueError, match="gene_dropout"):
-        make_tiny_model(gene_dropout=1.0)

@@ -6,7 +6,6 @@ import torch
 from conftest import GENES, LABELS
 from transformers import pipeline
 
-from processing_scinterpreter import ScInterpreterInputError
 
 
 @pytest.fixture
@@ -51,12 +50,11 @@ def test_copy_false_writes_into_the_given_anndata_under_key_added(annotate, adat
     assert "predicted" in adata.obs and "predicted_score" in adata.obs
 
 
-def test_existing_columns_are_not_overwritten_unless_asked(annotate, adata):
+def test_existing_columns_are_kept_when_refused_and_replaced_with_overwrite(annotate, adata):
     adata.obs["scinterpreter"] = "mine"
-    # The pipeline runs as remote code, so its error class is a copy of ours: same name, ValueError subclass.
-    with pytest.raises(ValueError, match="overwrite=True") as error:
+    # The error itself: tests/test_reliability.py, "existing obs column without overwrite".
+    with pytest.raises(ValueError, match="overwrite=True"):
         annotate(adata, copy=False)
-    assert type(error.value).__name__ == ScInterpreterInputError.__name__
     assert (adata.obs["scinterpreter"] == "mine").all()
     annotate(adata, copy=False, overwrite=True)
     assert set(adata.obs["scinterpreter"]) <= set(LABELS)
@@ -157,8 +155,6 @@ def test_a_second_annotation_under_another_key_added_keeps_the_first(annotate, a
     second = annotate(first, key_added="again").adata
     assert {"X_scinterpreter", "scinterpreter_probabilities", "X_again", "again_probabilities"} <= set(second.obsm)
     assert {"scinterpreter", "again"} <= set(second.uns)
-    with pytest.raises(ValueError, match="another key_added"):
-        annotate(second, key_added="again")
 
 
 def test_the_calibration_temperature_changes_scores_not_labels(saved_tiny_model, counts):
@@ -252,21 +248,6 @@ def test_an_option_given_at_construction_holds_for_every_call_that_does_not_give
     assert overridden == _what_a_call_shows(plain, adata, seen, **{**at_construction, **at_call}) != shown
 
 
-def test_an_unknown_option_is_refused_at_construction_and_at_the_call(saved_tiny_model, counts):
-    with pytest.raises(ValueError, match=r"unknown option 'treshold' \(did you mean 'threshold'\?\)") as error:
-        pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, treshold=0.5)
-    assert type(error.value).__name__ == ScInterpreterInputError.__name__
-    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)
-    with pytest.raises(ValueError, match="unknown option 'topk'.*takes gene_names, layer") as error:
-        annotate(counts, gene_names=GENES, topk=5)
-    assert type(error.value).__name__ == ScInterpreterInputError.__name__
-
-
-@pytest.mark.parametrize("option, message", [({"threshold": 1.5}, "threshold must be a probability"),
-                                             ({"explain": -1}, "explain must be")])
-def test_an_invalid_option_given_at_construction_is_refused_there(saved_tiny_model, option, message):
-    with pytest.raises(ValueError, match=message):
-        pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, **option)
 
 @pytest.mark.parametrize("kind", ["anndata", "matrix", "one cell"])
 def test_explain_names_the_genes_that_drove_each_label(annotate, adata, counts, kind):
@@ -282,9 +263,7 @@ def test_explain_names_the_genes_that_drove_each_label(annotate, adata, counts, 
         assert table["gene_1"].tolist() == [r["genes"][0]["gene"] for r in results]
 
 
-def test_explain_must_be_a_non_negative_number_of_genes(annotate, counts):
-    with pytest.raises(ValueError, match="explain must be"):
-        annotate(counts, gene_names=GENES, explain=-2)
+def test_explain_false_adds_no_genes(annotate, counts):
     assert "genes" not in annotate(counts, gene_names=GENES, explain=False)[0]
 
 
@@ -297,8 +276,6 @@ def test_driver_genes_summarise_each_types_explanations_as_table_and_dot_plot(an
     assert summary["n_cells"].sum() == 2 * annotated.n_obs and summary["fraction"].between(0, 1).all()
     plot_driver_genes(summary, tmp_path / "drivers.png")
     assert (tmp_path / "drivers.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="explain=True"):
-        driver_genes(annotate(adata).adata)
 
 
 def test_majority_vote_gives_each_cluster_its_most_frequent_label():
@@ -338,13 +315,6 @@ def test_majority_voting_in_the_users_clusters(annotate, adata):
     assert obs["scinterpreter_majority_voting"].iloc[-1] == obs["scinterpreter"].iloc[-1]
     assert obs["scinterpreter_majority_voting"].iloc[:-1].nunique() == 1
     assert obs["scinterpreter_over_clustering"].tolist() == adata.obs["louvain"].tolist()
-    with pytest.raises(ValueError, match="not an obs column"):
-        annotate(adata, majority_voting=True, over_clustering="leiden")
-    with pytest.raises(ValueError, match="one cluster id per cell"):
-        annotate(adata, majority_voting=True, over_clustering=[0, 1])
-    annotated = annotate(adata, majority_voting=True, over_clustering="louvain").adata
-    with pytest.raises(ValueError, match="overwrite=True"):
-        annotate(annotated, copy=False, majority_voting=True, over_clustering="louvain")
 
 
 def _with_config(folder, **changes):
@@ -353,17 +323,6 @@ def _with_config(folder, **changes):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
     return pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
-
-
-def test_auto_threshold_without_a_fitted_one_is_a_clear_error(annotate, counts):
-    with pytest.raises(ValueError, match="threshold='auto' needs the Unassigned threshold"):
-        annotate(counts, gene_names=GENES, threshold="auto")
-
-
-@pytest.mark.parametrize("threshold", ["high", -0.1, 1.5, True])
-def test_a_threshold_that_is_not_a_probability_or_auto_is_a_clear_error(annotate, counts, threshold):
-    with pytest.raises(ValueError, match="threshold must be a probability between 0 and 1 or 'auto'"):
-        annotate(counts, gene_names=GENES, threshold=threshold)
 
 
 @pytest.mark.parametrize("score", ["max_probability", "energy"])
@@ -412,17 +371,3 @@ def test_refit_reference_annotates_as_a_processor_fitted_on_the_given_cells(tmp_
     assert shown(annotate(batch, gene_names=GENES, explain=8)) == genes_shown(fitted) != genes_shown(refitted)
     # The pipeline's own processor keeps the training reference.
     assert annotate.processor.reference_means == fitted.reference_means
-
-
-def test_refit_reference_refuses_few_cells_and_expression_selection(annotate, tmp_path, tiny_model, counts):
-    from scinterpreter.build import save_model_folder
-    from processing_scinterpreter import ScInterpreterProcessor
-
-    with pytest.raises(ValueError, match="leave refit_reference out"):
-        annotate(counts, gene_names=GENES, refit_reference=True)  # this model ranks genes by expression
-    fitted = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, gene_selection="excess").fit(counts,
-                                                                                                   gene_names=GENES)
-    excess = pipeline("cell-annotation", model=str(save_model_folder(tiny_model, fitted, tmp_path / "m")),
-                      trust_remote_code=True)
-    with pytest.raises(ValueError, match="12 cells are too few"):
-        excess(counts, gene_names=GENES, refit_reference=True)

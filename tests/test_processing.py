@@ -4,7 +4,7 @@ import torch
 from conftest import GENES
 from transformers import AutoProcessor
 
-from processing_scinterpreter import ScInterpreterInputError, ScInterpreterProcessor
+from processing_scinterpreter import ScInterpreterProcessor
 
 
 def test_top_genes_are_the_most_expressed_in_descending_order(processor):
@@ -124,8 +124,18 @@ def test_excluded_genes_are_never_chosen_but_count_in_the_library_size():
     # a custom pattern, kept through save / load
     custom = ScInterpreterProcessor(gene_vocab=vocab, n_top_genes=4, exclude_genes="^cd3")
     assert [vocab[i] for i in np.flatnonzero(custom.excluded_vocab_rows())] == ["CD3E"]
-    with pytest.raises(ScInterpreterInputError, match="exclude_genes must be a regular expression"):
-        ScInterpreterProcessor(gene_vocab=vocab, exclude_genes="(")
+
+
+def test_a_processor_saved_with_the_older_gene_ranking_expression_loads_as_gene_selection_expression(tmp_path):
+    import json
+
+    ScInterpreterProcessor(gene_vocab=GENES).save_pretrained(tmp_path)
+    (saved,) = tmp_path.glob("*processor_config.json")
+    settings = {key: value for key, value in json.loads(saved.read_text()).items() if key != "gene_selection"}
+    saved.write_text(json.dumps({**settings, "gene_ranking": "expression"}))
+    loaded = ScInterpreterProcessor.from_pretrained(tmp_path)
+    assert loaded.gene_selection == "expression" and not hasattr(loaded, "gene_ranking")
+    # The refusal of its removed "standardized": tests/test_reliability.py.
 
 
 def test_exclude_genes_is_saved_with_the_processor(tmp_path):
@@ -175,12 +185,6 @@ def test_genes_the_reference_never_measured_are_never_chosen():
     query[:, 30] = 9.5  # measured in the query only
     chosen = processor(query, gene_names=GENES, return_tensors="np")
     assert 30 not in chosen["gene_ids"][chosen["gene_mask"].astype(bool)]
-
-
-def test_excess_selection_needs_a_fitted_reference():
-    processor = ScInterpreterProcessor(gene_vocab=GENES, gene_selection="excess")
-    with pytest.raises(ScInterpreterInputError, match=r"call processor.fit\(training_cells\) first"):
-        processor(_housekeeping_cells(), gene_names=GENES)
 
 
 def test_fitted_reference_is_saved_as_json_and_loads_as_remote_code(tmp_path):

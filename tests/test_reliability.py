@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import GENES
+from conftest import GENES, tiny_config
 from transformers import pipeline
 
 from processing_scinterpreter import ScInterpreterProcessor
+from scinterpreter.build import save_model_folder
 
 
 def _snapshot(adata):
@@ -83,15 +84,61 @@ def _pipeline_case(make, **options):
     return run
 
 
-def _fit_case(make_labels):
+def _fit_case(make_labels, recipe=None, **training_args):
     def run(ctx):
         from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
 
-        # The labels are checked before the backbone is read, so none is needed.
+        # The labels and options are checked before the backbone is read, so none is needed.
         fit(ctx["counts"], make_labels(len(ctx["counts"])), Recipe(backbone=str(ctx["tmp"] / "no-backbone"),
-                                                                   gene_encoder="random"),
-            ScInterpreterTrainingArguments(output_dir=str(ctx["tmp"] / "fit")), gene_names=GENES)
+                                                                   gene_encoder="random", **(recipe or {})),
+            ScInterpreterTrainingArguments(output_dir=str(ctx["tmp"] / "fit"), **training_args), gene_names=GENES)
     return run
+
+
+def _two_types(n):
+    return ["T", "B"] * (n // 2)
+
+
+def _construct_pipeline(**options):
+    def run(ctx):
+        pipeline("cell-annotation", model=str(ctx["saved"]), trust_remote_code=True, **options)
+    return run
+
+
+def _annotated(ctx, **options):
+    return ctx["annotate"]()(ctx["adata"], **options).adata
+
+
+def _zoo_path(name):
+    import scinterpreter.models as zoo
+
+    return zoo.path(name)
+
+
+def _saved_processor_with(ctx, **changes):
+    import json
+
+    folder = ctx["tmp"] / "processor"
+    ctx["processor"].save_pretrained(folder)
+    (saved,) = folder.glob("*processor_config.json")
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), **changes}))
+    return ScInterpreterProcessor.from_pretrained(folder)
+
+
+def _annotate_twice_into(ctx):
+    from scinterpreter.annotate import annotate_h5ad
+
+    out = ctx["tmp"] / "annotations"
+    annotate_h5ad(ctx["genes_h5ad"], ctx["saved"], out, chunk_size=8, max_chunks=1)
+    annotate_h5ad(ctx["genes_h5ad"], ctx["saved"], out, chunk_size=16)
+
+
+def _load_adapter_without_gene_table(ctx):
+    from modeling_scinterpreter import ScInterpreterForCellAnnotation
+
+    folder = ctx["adapter_folder"]
+    ctx["monkeypatch"].setenv("SCINTERPRETER_CACHE", str(ctx["tmp"] / "empty-cache"))
+    ScInterpreterForCellAnnotation.from_pretrained(folder)
 
 
 def _train_case(make_args):
@@ -176,31 +223,179 @@ BAD_INPUTS = [
      _load_case(lambda f: (f / "config.json").write_text(
          (f / "config.json").read_text().replace('"gene_vocab_size": 45', '"gene_vocab_size": 50'))),
      "config and the weights come from different models"),
+    ("adapter-only folder whose gene table is not in the cache", _load_adapter_without_gene_table,
+     "needs gene table"),
+    ("unknown shipped model name", lambda ctx: _zoo_path("pbmc"), "no shipped model named 'pbmc'.*pbmc-human"),
+    # Model and processor options.
+    ("cell_pooling that is neither class_token nor mean", lambda ctx: tiny_config(cell_pooling="max"),
+     "cell_pooling must be 'class_token' or 'mean'"),
+    ("gene_dropout of 1", lambda ctx: tiny_config(gene_dropout=1.0), r"gene_dropout is a share .* in \[0, 1\)"),
+    ("exclude_genes that is not a regular expression",
+     lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, exclude_genes="("),
+     "exclude_genes must be a regular expression"),
+    ("gene_selection='standardized' (removed)",
+     lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, gene_selection="standardized"),
+     r"gene_selection must be one of \('expression', 'excess'\), got 'standardized'"),
+    ("saved processor with gene_selection='standardized'",
+     lambda ctx: _saved_processor_with(ctx, gene_selection="standardized"),
+     r"gene_selection must be one of \('expression', 'excess'\), got 'standardized'"),
+    ("gene_ranking='standardized' (the option's older name; removed)",
+     lambda ctx: _saved_processor_with(ctx, gene_ranking="standardized"),
+     r"gene_ranking='standardized' was removed: .*gene_selection, one of \('expression', 'excess'\)"),
+    ("excess selection without a fitted reference",
+     lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, gene_selection="excess")(ctx["counts"], gene_names=GENES),
+     r"call processor.fit\(training_cells\) first"),
+    # Pipeline options, at construction and at the call.
+    ("unknown option at construction (misspelt)", _construct_pipeline(treshold=0.5),
+     r"unknown option 'treshold' \(did you mean 'threshold'\?\)"),
+    ("unknown option at the call", lambda ctx: ctx["annotate"]()(ctx["counts"], gene_names=GENES, topk=5),
+     "unknown option 'topk'.*takes gene_names, layer"),
+    ("threshold out of [0, 1] at construction", _construct_pipeline(threshold=1.5), "threshold must be a probability"),
+    ("negative explain at construction", _construct_pipeline(explain=-1), "explain must be"),
+    ("negative explain at the call", lambda ctx: ctx["annotate"]()(ctx["counts"], gene_names=GENES, explain=-2),
+     "explain must be"),
+    *[(f"threshold={threshold!r} at the call",
+       lambda ctx, threshold=threshold: ctx["annotate"]()(ctx["counts"], gene_names=GENES, threshold=threshold),
+       "threshold must be a probability between 0 and 1 or 'auto'") for threshold in ("high", -0.1, 1.5, True)],
+    ("threshold='auto' without a fitted Unassigned threshold",
+     lambda ctx: ctx["annotate"]()(ctx["counts"], gene_names=GENES, threshold="auto"),
+     "threshold='auto' needs the Unassigned threshold"),
+    ("AnnData annotated before under the same key_added (copy=True)",
+     lambda ctx: ctx["annotate"]()(_annotated(ctx, key_added="again"), key_added="again"), "another key_added"),
+    ("existing majority-voting column without overwrite",
+     lambda ctx: ctx["annotate"]()(ctx["adata_with_vote"], copy=False, majority_voting=True,
+                                   over_clustering="cell_type"),
+     r"\['scinterpreter_majority_voting'\]: pass overwrite=True"),
+    ("over_clustering that is not an obs column",
+     lambda ctx: ctx["annotate"]()(ctx["adata"], majority_voting=True, over_clustering="leiden"), "not an obs column"),
+    ("over_clustering of another length than the cells",
+     lambda ctx: ctx["annotate"]()(ctx["adata"], majority_voting=True, over_clustering=[0, 1]),
+     "one cluster id per cell"),
+    ("refit_reference=True on a model that chooses genes by expression",
+     lambda ctx: ctx["annotate"]()(ctx["counts"], gene_names=GENES, refit_reference=True),
+     "leave refit_reference out"),
+    ("refit_reference=True on too few cells",
+     lambda ctx: ctx["annotate_excess"](ctx["counts"], gene_names=GENES, refit_reference=True),
+     "12 cells are too few"),
+    ("driver genes of an AnnData annotated without explain",
+     lambda ctx: __import__("scinterpreter.explain").explain.driver_genes(_annotated(ctx)), "explain=True"),
+    # scinterpreter.annotate (.h5ad files in chunks).
+    ("unknown layer of an .h5ad file (scinterpreter.annotate)",
+     lambda ctx: __import__("scinterpreter.annotate").annotate.annotate_h5ad(
+         ctx["h5ad"], ctx["saved"], ctx["tmp"] / "out", layer="spliced"),
+     r"layer 'spliced' is not in .*layers: \[\]"),
+    ("--out folder holding another run's results", _annotate_twice_into, "results of another run"),
+    ("--write_h5ad of a file annotated before under the same key",
+     lambda ctx: __import__("scinterpreter.annotate").annotate.main(
+         [str(ctx["annotated_h5ad"]), "--model", str(ctx["saved"]), "--out", str(ctx["tmp"] / "out"),
+          "--write_h5ad", str(ctx["tmp"] / "again.h5ad")]),
+     "already has .*another --key_added"),
+    # Training options.
+    ("unknown unassigned_score (training.fit)", _fit_case(_two_types, recipe={"unassigned_score": "distance"}),
+     "unassigned_score must be one of"),
+    ("evaluation flags without validation cells (training.fit)",
+     _fit_case(_two_types, recipe={"validation_fraction": 0.0}, eval_strategy="epoch"), "need validation cells"),
+    ("class_balance above 1",
+     lambda ctx: __import__("scinterpreter.training").training.balanced_sample_weights(np.array([0] * 9 + [1]), 2.0),
+     "class_balance must be between 0 and 1"),
+    ("streamed dataset without the label column",
+     _train_case(lambda ctx: ["--dataset", str(ctx["tahoe_like"]), "--streaming", "true"]),
+     "no label column 'label'.*cell_line_id"),
 ]
 
 
-@pytest.fixture
-def bad_input_context(tmp_path, processor, counts, adata, saved_tiny_model):
+class _Context(dict):
+    """What the bad-input cases run on, each entry made the first time a case reads it (a case needs one or two)."""
+
+    def __init__(self, makers):
+        super().__init__()
+        self.makers = makers
+
+    def __missing__(self, key):
+        self[key] = value = self.makers[key](self)
+        return value
+
+
+def _split_with_unseen_test_labels(ctx):
     import json
 
-    from conftest import make_marker_dataset
-
-    h5ad = make_marker_dataset(tmp_path / "cells.h5ad")
     import anndata
 
-    cells = anndata.read_h5ad(h5ad)
+    cells = anndata.read_h5ad(ctx["h5ad"])
     test = [name for name, label in zip(cells.obs_names, cells.obs["cell_type"]) if label == "beta"]
-    split = tmp_path / "split.json"
+    split = ctx["tmp"] / "split.json"
     split.write_text(json.dumps({"train": [n for n in cells.obs_names if n not in set(test)], "test": test}))
-    not_h5ad = tmp_path / "cells.csv.h5ad"
-    not_h5ad.write_text("cell,CD3E\nc1,3\n")
-    with_column = adata.copy()
-    with_column.obs["scinterpreter"] = "mine"
-    return {
-        "tmp": tmp_path, "processor": processor, "counts": counts, "adata": adata, "saved": saved_tiny_model,
-        "h5ad": h5ad, "split_with_unseen": split, "not_h5ad": not_h5ad, "adata_with_column": with_column,
-        "annotate": lambda: pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True),
-    }
+    return split
+
+
+def _with_obs_column(ctx, column):
+    adata = ctx["adata"].copy()
+    adata.obs[column] = "mine"
+    return adata
+
+
+def _written(adata, path):
+    adata.write_h5ad(path)
+    return path
+
+
+def _not_h5ad(ctx):
+    path = ctx["tmp"] / "cells.csv.h5ad"
+    path.write_text("cell,CD3E\nc1,3\n")
+    return path
+
+
+def _excess_pipeline(ctx):
+    """A pipeline whose processor chooses genes by their excess over a reference fitted on other cells."""
+    from conftest import make_counts
+
+    fitted = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, gene_selection="excess")
+    fitted.fit(make_counts(60, seed=1), gene_names=GENES)
+    folder = save_model_folder(ctx["tiny_model"], fitted, ctx["tmp"] / "excess-model")
+    return pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+
+
+def _adapter_folder(ctx):
+    """An adapter-only folder of a tiny model, whose gene table is in the cache it was built with."""
+    from conftest import make_tiny_backbone
+
+    from scinterpreter.build import build_model
+    from scinterpreter.genes import build_gene_table, load_gene_descriptions
+
+    ctx["monkeypatch"].setenv("SCINTERPRETER_CACHE", str(ctx["tmp"] / "cache"))
+    table = build_gene_table(load_gene_descriptions().head(300), encoder="random")
+    model, processor = build_model(["a", "b", "c"], backbone=str(make_tiny_backbone(ctx["tmp"] / "backbone")),
+                                   gene_table=table, n_top_genes=8, backbone_dtype=torch.float32)
+    return save_model_folder(model, processor, ctx["tmp"] / "adapter", adapter_only=True)
+
+
+def _tahoe_like(ctx):
+    from test_hf_datasets import make_tahoe_like_folder
+
+    (ctx["tmp"] / "tahoe").mkdir()
+    return make_tahoe_like_folder(ctx["tmp"] / "tahoe")[0]
+
+
+@pytest.fixture
+def bad_input_context(request, tmp_path, monkeypatch):
+    from conftest import make_marker_dataset
+
+    fixture = request.getfixturevalue
+    return _Context({
+        "tmp": lambda ctx: tmp_path, "monkeypatch": lambda ctx: monkeypatch,
+        "processor": lambda ctx: fixture("processor"), "counts": lambda ctx: fixture("counts"),
+        "adata": lambda ctx: fixture("adata"), "tiny_model": lambda ctx: fixture("tiny_model"),
+        "saved": lambda ctx: fixture("saved_tiny_model"),
+        "annotate": lambda ctx: lambda: pipeline("cell-annotation", model=str(ctx["saved"]), trust_remote_code=True),
+        "annotate_excess": _excess_pipeline,
+        "h5ad": lambda ctx: make_marker_dataset(tmp_path / "cells.h5ad"),
+        "genes_h5ad": lambda ctx: _written(ctx["adata"], tmp_path / "genes.h5ad"),
+        "annotated_h5ad": lambda ctx: _written(_annotated(ctx), tmp_path / "annotated.h5ad"),
+        "split_with_unseen": _split_with_unseen_test_labels, "not_h5ad": _not_h5ad,
+        "adata_with_column": lambda ctx: _with_obs_column(ctx, "scinterpreter"),
+        "adata_with_vote": lambda ctx: _with_obs_column(ctx, "scinterpreter_majority_voting"),
+        "adapter_folder": _adapter_folder, "tahoe_like": _tahoe_like,
+    })
 
 
 @pytest.mark.parametrize("case, run, message", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])

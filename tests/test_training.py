@@ -61,8 +61,6 @@ def test_balanced_sampling_weights_rare_types_up():
     assert weights[label_ids == 0].sum() == pytest.approx(weights[label_ids == 1].sum())
     half = balanced_sample_weights(label_ids, 0.5)
     assert half[label_ids == 1].sum() / half.sum() == pytest.approx(np.sqrt(10) / (np.sqrt(10) + np.sqrt(90)))
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        balanced_sample_weights(label_ids, 2.0)
 
 
 @pytest.mark.slow
@@ -127,13 +125,6 @@ def test_class_balanced_sampling_draws_rare_types_more_often(tmp_path, backbone)
     assert (drawn == "rare").mean() > 0.15  # 4 of 94 cells, drawn about a quarter of the time
 
 
-def test_evaluation_flags_without_validation_cells_are_a_clear_error(tmp_path, backbone):
-    cells, labels = marker_cells()
-    with pytest.raises(ValueError, match="need validation cells"):
-        fit(cells, labels, tiny_recipe(backbone, validation_fraction=0.0),
-            tiny_args(tmp_path, eval_strategy="epoch"), gene_names=GENES)
-
-
 @pytest.mark.slow
 def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone):
     from scinterpreter.calibration import fit_temperature
@@ -168,11 +159,3 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     before = expected_calibration_error(softmax(overconfident), labels)
     after = expected_calibration_error(softmax(overconfident, temperature), labels)
     assert before > 0.15 and after < 0.05
-
-
-def test_an_unknown_unassigned_score_is_a_clear_error_before_training(tmp_path, backbone):
-    from processing_scinterpreter import ScInterpreterInputError
-
-    cells, labels = marker_cells()
-    with pytest.raises(ScInterpreterInputError, match="unassigned_score must be one of"):
-        fit(cells, labels, tiny_recipe(backbone, unassigned_score="distance"), tiny_args(tmp_path), gene_names=GENES)

@@ -43,7 +43,10 @@ def _folder(name: str) -> Path:
     if name.startswith("scinterpreter/"):
         name = name.split("/", 1)[1]
     if name not in names():
-        raise ValueError(f"no shipped model named {name!r}; choose one of {names()} (scinterpreter.models.list()).")
+        from configuration_scinterpreter import ScInterpreterInputError
+
+        raise ScInterpreterInputError(f"no shipped model named {name!r}; choose one of {names()} "
+                                      "(scinterpreter.models.list()).")
     return ZOO / name
 
 
