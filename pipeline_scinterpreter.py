@@ -250,7 +250,8 @@ class CellAnnotationPipeline(Pipeline):
             taken = taken_annotation_keys(keys, expression.obs.columns, expression.obsm, expression.uns)
             if taken and not overwrite:
                 raise ScInterpreterInputError(
-                    f"the AnnData already has {taken}: pass overwrite=True to replace them, or another key_added."
+                    f"the AnnData already has {', '.join(taken)}: pass overwrite=True to replace them, "
+                    "or another key_added."
                 )
         encoded = self.preprocess(expression, gene_names=gene_names, layer=layer, refit_reference=refit_reference)
         n_cells = encoded["gene_ids"].shape[0]

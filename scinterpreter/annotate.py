@@ -233,7 +233,7 @@ def write_annotated_h5ad(source, out, target, key_added=CALL_DEFAULTS["key_added
     with h5py.File(source, "r") as handle:
         taken = taken_annotation_keys(keys, handle["obs"], handle.get("obsm", {}), handle.get("uns", {}))
     if taken:
-        raise ScInterpreterInputError(f"{source} already has {taken}: pass another --key_added.")
+        raise ScInterpreterInputError(f"{source} already has {', '.join(taken)}: pass another --key_added.")
     partial = target.with_name(target.name + ".partial")
     shutil.copyfile(source, partial)
     with h5py.File(partial, "r+") as handle:

@@ -265,7 +265,7 @@ BAD_INPUTS = [
     ("existing majority-voting column without overwrite",
      lambda ctx: ctx["annotate"]()(ctx["adata_with_vote"], copy=False, majority_voting=True,
                                    over_clustering="cell_type"),
-     r"\['scinterpreter_majority_voting'\]: pass overwrite=True"),
+     r"already has obs\['scinterpreter_majority_voting'\]: pass overwrite=True"),
     ("over_clustering that is not an obs column",
      lambda ctx: ctx["annotate"]()(ctx["adata"], majority_voting=True, over_clustering="leiden"), "not an obs column"),
     ("over_clustering of another length than the cells",
