@@ -29,6 +29,8 @@ from sklearn.linear_model import LogisticRegression
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from splits import REPO, load_split, score, splits  # noqa: E402
 
+from scinterpreter.recipe import Recipe  # noqa: E402
+
 from scinterpreter.build import build_processor  # noqa: E402
 from scinterpreter.genes import build_gene_table  # noqa: E402
 
@@ -56,7 +58,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--splits", nargs="*", help="datasets or split names (default: all 10 splits)")
     parser.add_argument("--selections", nargs="+", default=["expression", "excess"])
-    parser.add_argument("--k", nargs="+", type=int, default=[64])
+    parser.add_argument("--k", nargs="+", type=int, default=[Recipe.n_top_genes])
     parser.add_argument("--token_values", nargs="+", default=["expression"])
     parser.add_argument("--exclude_genes", nargs="+", default=[None])
     parser.add_argument("--features", nargs="+", default=["genes", "text"], choices=["genes", "text"])

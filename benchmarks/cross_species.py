@@ -6,7 +6,7 @@ scInterpreter model (`train.py` with its defaults, on the source's fixed trainin
 C=1) trained on the same source cells and applied to the target on the genes both match in the model's vocabulary
 (log-normalised expression, the same ortholog matching).
 
-    python benchmarks/cross_species.py [--epochs 12] [--out docs/benchmarks] [--reuse_models]
+    python benchmarks/cross_species.py [--epochs N] [--out docs/benchmarks] [--reuse_models]
     python benchmarks/cross_species.py --render [docs/benchmarks/cross_species.json]   # only the markdown
 
 Each pair is also scored with the model's reference profile refitted on the target's own (unlabelled) cells
@@ -107,7 +107,7 @@ def render(saved) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", default="12")
+    parser.add_argument("--epochs", default=None, help="training epochs (default: train.py's)")
     parser.add_argument("--seed", default="0")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--work", type=Path, default=Path("outputs/cross_species"))
@@ -126,6 +126,9 @@ def main(argv=None):
     import train
     from scinterpreter.data import read_h5ad
 
+    from scinterpreter.training import ScInterpreterTrainingArguments
+
+    epochs = json.loads(args.epochs) if args.epochs else ScInterpreterTrainingArguments.num_train_epochs
     records = []
     for source, target in PAIRS:
         model_dir = args.work / f"{source}_model"
@@ -134,7 +137,7 @@ def main(argv=None):
             trained = json.loads((model_dir / "metrics.json").read_text())
         else:
             trained = train.main(["--dataset", str(SHARED / f"{source}.h5ad"), "--split_file",
-                                  str(SHARED / "splits" / f"{source}.json"), "--num_train_epochs", args.epochs,
+                                  str(SHARED / "splits" / f"{source}.json"), "--num_train_epochs", str(epochs),
                                   "--seed", args.seed, "--output_dir", str(model_dir), "--annotate_test_cells",
                                   "false"])
         annotate = pipeline("cell-annotation", model=str(model_dir), trust_remote_code=True)
@@ -160,7 +163,7 @@ def main(argv=None):
             "command": " ".join(["python benchmarks/cross_species.py", *(argv if argv is not None else sys.argv[1:])]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
             "backbone_dtype": str(annotate.model.model.backbone_dtype).replace("torch.", ""),
-            "seed": json.loads(args.seed), "epochs": json.loads(args.epochs),
+            "seed": json.loads(args.seed), "epochs": epochs,
             "models": "reused from --work" if args.reuse_models else "trained in this run"}
     args.out.mkdir(parents=True, exist_ok=True)
     saved = {"meta": meta, "records": records}
