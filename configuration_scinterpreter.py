@@ -3,7 +3,7 @@
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
-UNASSIGNED_SCORES = ("max_probability", "energy")
+UNASSIGNED_SCORES = ("max_probability", "energy", "centroid_distance")
 
 
 # Defined here, in the one module every remote-code file imports, so that modeling and loading need not import the
@@ -83,7 +83,13 @@ class ScInterpreterConfig(PretrainedConfig):
             cells fall below it). None: not fitted.
         unassigned_score (`str`, *optional*, defaults to `"max_probability"`):
             The confidence `unassigned_threshold` applies to: `"max_probability"` (the calibrated probability of
-            the best type) or `"energy"` (`T * logsumexp(logits / T)`, T the calibration temperature).
+            the best type), `"energy"` (`T * logsumexp(logits / T)`, T the calibration temperature) or
+            `"centroid_distance"` (the cosine similarity of the cell embedding to the nearest cell-type centroid,
+            1 minus the distance: needs `cell_type_centroids`).
+        cell_type_centroids (`bool`, *optional*, defaults to `False`):
+            Whether the model holds its cell types' centroids (the buffer `cell_type_centroids`, `num_labels x
+            hidden_size`: per type, the mean of its training cells' unit-length cell embeddings), which `fit` stores
+            when it calibrates with `unassigned_score="centroid_distance"`.
         adapter_only (`bool`, *optional*, defaults to `False`):
             Set by `save_pretrained(..., adapter_only=True)`: the folder holds only the trained weights, and
             `from_pretrained` loads the backbone from `backbone_name_or_path` and the gene table from
@@ -121,6 +127,7 @@ class ScInterpreterConfig(PretrainedConfig):
         calibration_temperature=None,
         unassigned_threshold=None,
         unassigned_score="max_probability",
+        cell_type_centroids=False,
         adapter_only=False,
         **kwargs,
     ):
@@ -169,6 +176,7 @@ class ScInterpreterConfig(PretrainedConfig):
             )
         self.unassigned_threshold = unassigned_threshold
         self.unassigned_score = unassigned_score
+        self.cell_type_centroids = bool(cell_type_centroids)
         self.adapter_only = adapter_only
         super().__init__(**kwargs)
 

@@ -28,6 +28,9 @@ GENE_TABLE_KEY = "model.gene_embeddings"
 CACHE_VARIABLE = "SCINTERPRETER_CACHE"
 # The backbone a new model gets, and the only one scInterpreter keeps a converted copy of in its cache.
 DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Buffers that are trained state though no gradient reaches them (fitted on the training cells after training): an
+# adapter-only folder carries them, since no other place has them.
+TRAINED_BUFFERS = ("cell_type_centroids",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKBONE_DTYPE_VARIABLE = "SCINTERPRETER_BACKBONE_DTYPE"
@@ -148,13 +151,17 @@ def load_frozen_parts(model):
 
 
 def adapter_state_dict(model) -> dict:
-    """The trained weights of `model` (those with `requires_grad`), for `save_pretrained(..., adapter_only=True)`."""
+    """
+    The trained state of `model`, for `save_pretrained(..., adapter_only=True)`: the weights with `requires_grad`,
+    and the buffers fitted after training (`TRAINED_BUFFERS`, where the model holds them).
+    """
     if _gene_table_file(model.config) is None:
         raise ScInterpreterInputError(
             f"adapter_only needs the gene table in scInterpreter's cache "
             f"({gene_table_path(model.config.gene_table_hash)}), which is missing; save the whole model instead."
         )
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    trained |= {name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1] in TRAINED_BUFFERS}
     return {name: tensor for name, tensor in model.state_dict().items() if name in trained}
 
 
@@ -273,6 +280,7 @@ __all__ = [
     "BACKBONE_DTYPE_VARIABLE",
     "CACHE_VARIABLE",
     "DEFAULT_BACKBONE",
+    "TRAINED_BUFFERS",
     "adapter_state_dict",
     "backbone_fingerprint",
     "cache_dir",

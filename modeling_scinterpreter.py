@@ -113,7 +113,7 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
     _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets", "lora_A",
-                                    "lora_B"]
+                                    "lora_B", "cell_type_centroids"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -354,6 +354,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         super().__init__(config)
         self.model = ScInterpreterModel(config)
         self.head = ScInterpreterClassificationHead(config)
+        # Per cell type, the mean unit-length cell embedding of its training cells (`set_cell_type_centroids`), for
+        # the `centroid_distance` score. Only a model configured with them has the tensor in its weights; the others
+        # (older folders included) hold None here, so their weights load as they were saved.
+        centroids = (torch.zeros(config.num_labels, config.text_config.hidden_size) if config.cell_type_centroids
+                     else None)
+        self.register_buffer("cell_type_centroids", centroids)
         self.post_init()
         self.freeze_backbone()
 
@@ -392,16 +398,67 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         """`softmax(logits / T)`, T the calibration temperature fitted on validation cells (1 where none was)."""
         return (logits.float() / (self.config.calibration_temperature or 1.0)).softmax(-1)
 
-    def confidence(self, logits: torch.Tensor) -> torch.FloatTensor:
+    def confidence(self, logits: torch.Tensor, cell_embeddings: torch.Tensor | None = None) -> torch.FloatTensor:
         """
         Per cell, how sure the model is that the cell is of a type it knows (higher: surer), as
-        `config.unassigned_score` defines it: the calibrated best probability, or the energy `T * logsumexp(logits
-        / T)`. `config.unassigned_threshold` is fitted on this score.
+        `config.unassigned_score` defines it: the calibrated best probability, the energy `T * logsumexp(logits
+        / T)`, or the cosine similarity of the cell embedding to the nearest cell-type centroid (`1 -
+        centroid_distance`, which needs `cell_embeddings`). `config.unassigned_threshold` is fitted on this score.
         """
-        if self.config.unassigned_score == "energy":
+        score = self.config.unassigned_score
+        if score == "centroid_distance":
+            if cell_embeddings is None:
+                raise ScInterpreterInputError("unassigned_score='centroid_distance' needs the cells' cell_embeddings.")
+            return self._nearest_centroid_similarity(cell_embeddings)
+        if score == "energy":
             temperature = self.config.calibration_temperature or 1.0
             return temperature * torch.logsumexp(logits.float() / temperature, -1)
         return self.probabilities(logits).max(-1).values
+
+    @torch.no_grad()
+    def set_cell_type_centroids(self, cell_embeddings: torch.Tensor, labels: torch.LongTensor):
+        r"""
+        Stores each cell type's centroid, the mean of its cells' unit-length cell embeddings (from the training
+        cells: `scinterpreter.training.calibrate` calls this), as the buffer `cell_type_centroids`, saved with the
+        weights (adapter-only folders included), and sets `config.cell_type_centroids`.
+
+        Args:
+            cell_embeddings (`torch.FloatTensor` of shape `(n_cells, hidden_size)`): the cells' embeddings.
+            labels (`torch.LongTensor` of shape `(n_cells,)`): their label indices; negative ones are left out. A
+                type without cells gets a zero centroid, which no cell is near (similarity 0).
+        """
+        unit = nn.functional.normalize(cell_embeddings.detach().float().cpu(), dim=-1)
+        labels = torch.as_tensor(labels).long().cpu()
+        unit, labels = unit[labels >= 0], labels[labels >= 0]
+        sums = torch.zeros(self.config.num_labels, unit.shape[-1]).index_add_(0, labels, unit)
+        counts = torch.bincount(labels, minlength=self.config.num_labels).clamp(min=1)
+        self.register_buffer("cell_type_centroids", (sums / counts[:, None]).to(self.head.dense.weight.device))
+        self.config.cell_type_centroids = True
+
+    def centroid_distance(self, cell_embeddings: torch.Tensor) -> torch.FloatTensor:
+        r"""
+        Per cell, the cosine distance of its embedding to the nearest cell-type centroid (`set_cell_type_centroids`):
+        0 in a centroid's direction, larger the farther the cell is from every type the model knows (at most 2).
+
+        Args:
+            cell_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): as the forward pass gives them.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size,)`.
+        """
+        return 1 - self._nearest_centroid_similarity(cell_embeddings)
+
+    def _nearest_centroid_similarity(self, cell_embeddings: torch.Tensor) -> torch.FloatTensor:
+        if self.cell_type_centroids is None:
+            raise ScInterpreterInputError(
+                "the centroid_distance score needs the cell types' centroids, and this model holds none (it was "
+                "calibrated with another unassigned_score, or trained before they were stored): retrain with "
+                "`--unassigned_score centroid_distance` (Recipe(unassigned_score='centroid_distance')), or set "
+                "config.unassigned_score back to the score its unassigned_threshold was fitted on."
+            )
+        unit = nn.functional.normalize(cell_embeddings.float(), dim=-1)
+        centroids = nn.functional.normalize(self.cell_type_centroids.float().to(unit.device), dim=-1)
+        return (unit @ centroids.T).max(-1).values
 
     @torch.no_grad()
     def gene_attributions(

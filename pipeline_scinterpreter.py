@@ -112,7 +112,8 @@ class CellAnnotationPipeline(Pipeline):
         logits, cell_embeddings = self._run_model(model_inputs, batch_size)
         # Taken here, on the model's device, since `forward` moves what this returns to the CPU.
         probabilities = self.model.probabilities(logits)
-        model_outputs = {"logits": logits, "probabilities": probabilities, "confidence": self.model.confidence(logits),
+        model_outputs = {"logits": logits, "probabilities": probabilities,
+                         "confidence": self.model.confidence(logits, cell_embeddings),
                          "cell_embeddings": cell_embeddings, "gene_mask": model_inputs["gene_mask"]}
         if explain:
             model_outputs["gene_ids"] = model_inputs["gene_ids"]
@@ -198,8 +199,9 @@ class CellAnnotationPipeline(Pipeline):
             threshold (`float` or `"auto"`, *optional*, defaults to 0.0): cells whose best (calibrated) probability
                 is below it are labelled `"Unassigned"`, as are cells with no expressed vocabulary gene. `"auto"`:
                 the threshold fitted on the validation cells at training (`config.unassigned_threshold`, on
-                `config.unassigned_score`; about 5% of known-type cells fall below it), to flag cell types the model
-                was not trained on (docs/benchmarks/unknown_types.md).
+                `config.unassigned_score`: the calibrated best probability, the energy, or the cosine similarity to
+                the nearest cell-type centroid; about 5% of known-type cells fall below it), to flag cell types the
+                model was not trained on (docs/benchmarks/unknown_types.md).
             key_added (`str`, *optional*, defaults to `"scinterpreter"`): AnnData only: `obs[key_added]` (labels),
                 `obs[key_added + "_score"]` (probability of the label), `obsm[key_added + "_probabilities"]`
                 (cells x cell types, in the order of `uns[key_added]["labels"]`), `obsm["X_" + key_added]` (cell

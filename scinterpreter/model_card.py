@@ -4,6 +4,9 @@ from pathlib import Path
 
 from .optional import require
 
+# How the card names an Unassigned score whose name does not read as a confidence ("falls below").
+UNASSIGNED_SCORE_WORDS = {"centroid_distance": "cosine similarity to the nearest cell-type centroid"}
+
 CARD_TEMPLATE = """---
 {metadata}---
 
@@ -107,7 +110,8 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
             " With `threshold=\"auto\"` the pipeline calls a cell `Unassigned` when its {unassigned_score} falls "
             "below {unassigned_threshold:.4g} (fitted on the validation cells): {flagged:.1%} of the test cells, "
             "whose others are {kept:.1%} correct.".format(
-                unassigned_score=calibration["unassigned_score"].replace("_", " "),
+                unassigned_score=UNASSIGNED_SCORE_WORDS.get(calibration["unassigned_score"],
+                                                            calibration["unassigned_score"].replace("_", " ")),
                 unassigned_threshold=calibration["unassigned_threshold"],
                 flagged=calibration["test_unassigned_fraction"], kept=calibration["test_accuracy_of_assigned"] or 0))
     card = CARD_TEMPLATE.format(

@@ -107,6 +107,7 @@ class Recipe:
     )
     unassigned_score: str = field(
         default="max_probability",
-        metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated) or "
-                          "energy (docs/benchmarks/unknown_types.md)."},
+        metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated), "
+                          "energy, or centroid_distance (cosine similarity to the nearest cell type's centroid, "
+                          "which calibration then stores in the model; docs/benchmarks/unknown_types.md)."},
     )

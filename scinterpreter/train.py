@@ -145,7 +145,7 @@ def main(argv=None, callbacks=None):
         "n_test_cells": int(len(evaluated)),
         "test": metrics,
         "validation": {key: round(float(value), 4) for key, value in fitted.validation_metrics().items()},
-        "calibration": test_calibration(logits, references, fitted.calibration, model),
+        "calibration": test_calibration(logits, references, fitted.calibration, model, cell_embeddings),
         "best_epoch": fitted.best_epoch,
         "per_class": per_class_report(predicted, references, classes),
         "train_seconds": round(fitted.train_seconds, 1),
@@ -208,16 +208,17 @@ def draw(plot, *args, **kwargs):
         logger.warning(f"{Path(args[-1]).name} not written: {error}")
 
 
-def test_calibration(logits, references, calibration: dict, model) -> dict:
+def test_calibration(logits, references, calibration: dict, model, cell_embeddings=None) -> dict:
     """Expected calibration error (15 bins) of the test cells before and after the validation temperature, and the
-    fraction of test cells the fitted Unassigned threshold would flag."""
+    fraction of test cells the fitted Unassigned threshold would flag (its score may need their `cell_embeddings`)."""
     import torch
 
     from .calibration import expected_calibration_error, softmax
 
     if not calibration:
         return {}
-    flagged = model.confidence(torch.as_tensor(logits)).numpy() < model.config.unassigned_threshold
+    embeddings = None if cell_embeddings is None else torch.as_tensor(cell_embeddings)
+    flagged = model.confidence(torch.as_tensor(logits), embeddings).numpy() < model.config.unassigned_threshold
     return {**calibration,
             "test_ece_before": round(expected_calibration_error(softmax(logits), references), 4),
             "test_ece_after": round(expected_calibration_error(softmax(logits, calibration["temperature"]),

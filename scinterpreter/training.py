@@ -237,7 +237,7 @@ def fit(
 
     calibration = {}
     if recipe.calibrate and len(validation):
-        calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score)
+        calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score, training_cells=cells(train))
     best_epoch = None
     if trainer.state.best_model_checkpoint is not None:
         best_step = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
@@ -250,20 +250,32 @@ def fit(
                      history=list(trainer.state.log_history), calibration=calibration)
 
 
-def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability") -> dict:
-    """Fits the temperature on the validation cells, then the confidence under which a cell is called Unassigned
-    (about 5% of the validation cells fall below it), and stores both in the model's config."""
+def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability", training_cells=None) -> dict:
+    """
+    Fits the temperature on the validation cells, then the confidence under which a cell is called Unassigned
+    (about 5% of the validation cells fall below it), and stores both in the model's config. For
+    `unassigned_score="centroid_distance"` it first stores the cell types' centroids, from the cell embeddings of
+    `training_cells` (`set_cell_type_centroids`), in the model.
+    """
     import torch
 
     from .calibration import expected_calibration_error, fit_temperature, fit_unassigned_threshold, softmax
 
+    model = trainer.model
+    if unassigned_score == "centroid_distance":
+        if training_cells is None:
+            raise ScInterpreterInputError("unassigned_score='centroid_distance' needs the training cells, whose "
+                                          "cell embeddings give the cell types' centroids.")
+        trained = trainer.predict(training_cells, metric_key_prefix="centroids")
+        model.set_cell_type_centroids(torch.as_tensor(trained.predictions[1]), torch.as_tensor(trained.label_ids))
     prediction = trainer.predict(validation_cells, metric_key_prefix="calibration")
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    logits, cell_embeddings = prediction.predictions[:2]
     temperature = round(fit_temperature(logits, prediction.label_ids), 4)
-    config = trainer.model.config
+    config = model.config
     config.calibration_temperature, config.unassigned_score = temperature, unassigned_score
-    confidence = trainer.model.confidence(torch.as_tensor(logits)).numpy()
-    config.unassigned_threshold = round(fit_unassigned_threshold(confidence), 6)
+    confidence = model.confidence(torch.as_tensor(logits), torch.as_tensor(cell_embeddings)).numpy()
+    # Not rounded: rounding up would put the threshold above the validation cell it was chosen at.
+    config.unassigned_threshold = fit_unassigned_threshold(confidence)
     result = {"temperature": temperature,
               "validation_ece_before": round(expected_calibration_error(softmax(logits), prediction.label_ids), 4),
               "validation_ece_after": round(expected_calibration_error(softmax(logits, temperature),

@@ -54,6 +54,17 @@ def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logi
         torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_adapter_folder_carries_the_cell_type_centroids(built):
+    model, processor, tmp_path = built
+    model.set_cell_type_centroids(torch.randn(12, model.config.text_config.hidden_size), torch.arange(12) % 3)
+    folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        assert "cell_type_centroids" in handle.keys()
+    reloaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert reloaded.config.cell_type_centroids
+    torch.testing.assert_close(reloaded.cell_type_centroids, model.cell_type_centroids, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_train_adapter_only_run_annotates_with_the_reloaded_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))

@@ -217,3 +217,64 @@ def test_gene_dropout_leaves_genes_out_in_training_only(processor, counts):
     first = model(**inputs).logits
     torch.manual_seed(2)
     assert not torch.allclose(first, model(**inputs).logits)
+
+
+def _with_centroids(model, processor, counts):
+    """`model` with centroids from the cells of `counts`, labelled in turn; returns the cells' embeddings."""
+    embeddings = model(**batch(processor, counts)).cell_embeddings.detach()
+    model.set_cell_type_centroids(embeddings, torch.arange(len(counts)) % len(LABELS))
+    return embeddings
+
+
+def test_cell_type_centroids_are_the_mean_unit_embedding_of_each_type(tiny_model):
+    embeddings = torch.tensor([[3.0, 0.0], [0.0, 2.0], [0.0, -5.0], [1.0, 1.0]]).repeat(1, 16)
+    tiny_model.set_cell_type_centroids(embeddings, torch.tensor([0, 0, 1, -100]))
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    expected = torch.stack([unit[:2].mean(0), unit[2], torch.zeros(32)])  # "t_cell" has no cells: zero
+    torch.testing.assert_close(tiny_model.cell_type_centroids, expected)
+    assert tiny_model.config.cell_type_centroids
+
+
+def test_centroid_distance_is_larger_far_from_every_centroid_than_at_one(tiny_model):
+    centroids = torch.eye(3, 32)
+    tiny_model.set_cell_type_centroids(centroids, torch.arange(3))
+    at_centroid, between, far = 2.5 * centroids[1], centroids[0] + centroids[2], -centroids.sum(0)
+    distance = tiny_model.centroid_distance(torch.stack([at_centroid, between, far]))
+    assert distance[0] == pytest.approx(0.0, abs=1e-6) and 0 < distance[1] < distance[2]
+    tiny_model.config.unassigned_score = "centroid_distance"  # confidence: the similarity, 1 - distance
+    confidence = tiny_model.confidence(torch.zeros(3, 3), torch.stack([at_centroid, between, far]))
+    torch.testing.assert_close(confidence, 1 - distance)
+
+
+def test_cell_type_centroids_are_saved_in_the_weights_and_load_again(tmp_path, tiny_model, processor, counts):
+    from safetensors import safe_open
+
+    embeddings = _with_centroids(tiny_model, processor, counts)
+    tiny_model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
+        assert list(handle.get_slice("cell_type_centroids").get_shape()) == [len(LABELS), 32]
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path)
+    assert reloaded.config.cell_type_centroids and reloaded.cell_type_centroids.dtype == torch.float32
+    torch.testing.assert_close(reloaded.cell_type_centroids, tiny_model.cell_type_centroids, atol=0, rtol=0)
+    torch.testing.assert_close(reloaded.centroid_distance(embeddings), tiny_model.centroid_distance(embeddings))
+
+
+def test_a_folder_saved_without_centroids_loads_as_before(tmp_path, tiny_model, processor, counts):
+    import json
+
+    from configuration_scinterpreter import ScInterpreterInputError
+    from safetensors import safe_open
+
+    tiny_model.save_pretrained(tmp_path)
+    # Folders written before centroids were stored have neither the config field nor the tensor.
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["cell_type_centroids"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
+        assert "cell_type_centroids" not in handle.keys()
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path)
+    assert reloaded.cell_type_centroids is None and not reloaded.config.cell_type_centroids
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(reloaded(**inputs).logits, tiny_model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ScInterpreterInputError, match="holds none"):
+        reloaded.centroid_distance(reloaded(**inputs).cell_embeddings)

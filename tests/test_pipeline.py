@@ -346,6 +346,28 @@ def test_auto_threshold_flags_the_cells_below_the_fitted_confidence(saved_tiny_m
     assert one_cell[0]["label"] == "Unassigned"
 
 
+def test_auto_threshold_on_centroid_distance_flags_the_cells_far_from_every_centroid(tmp_path, tiny_model, processor,
+                                                                                     counts, adata):
+    from scinterpreter.build import save_model_folder
+
+    embeddings = tiny_model(**processor(counts, gene_names=GENES)).cell_embeddings.detach()
+    tiny_model.set_cell_type_centroids(embeddings[:6], torch.arange(6) % len(LABELS))
+    # The expected score, computed here from its definition: cosine similarity to the nearest centroid.
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    centroids = torch.nn.functional.normalize(tiny_model.cell_type_centroids, dim=-1)
+    confidence = (unit @ centroids.T).max(-1).values.numpy()
+    cut = float(np.median(confidence))
+    folder = save_model_folder(tiny_model, processor, tmp_path / "model")
+    annotate = _with_config(folder, unassigned_threshold=cut, unassigned_score="centroid_distance")
+    expected = confidence < cut
+    assert 0 < expected.sum() < len(counts)
+    for results in (annotate(counts, gene_names=GENES, threshold="auto"), annotate(adata, threshold="auto")):
+        assert [r["label"] == "Unassigned" for r in results] == expected.tolist()
+    assert annotate(adata, threshold="auto").adata.uns["scinterpreter"]["unassigned_score"] == "centroid_distance"
+    # A number as threshold is still a probability.
+    assert not any(r["label"] == "Unassigned" for r in annotate(counts, gene_names=GENES))
+
+
 def test_refit_reference_annotates_as_a_processor_fitted_on_the_given_cells(tmp_path, tiny_model):
     from scinterpreter.build import save_model_folder
     from processing_scinterpreter import ScInterpreterProcessor

@@ -105,6 +105,14 @@ def _construct_pipeline(**options):
     return run
 
 
+def _pipeline_with_config(ctx, **changes):
+    import json
+
+    config = json.loads((ctx["saved"] / "config.json").read_text())
+    (ctx["saved"] / "config.json").write_text(json.dumps({**config, **changes}))
+    return ctx["annotate"]()
+
+
 def _annotated(ctx, **options):
     return ctx["annotate"]()(ctx["adata"], **options).adata
 
@@ -260,6 +268,10 @@ BAD_INPUTS = [
     ("threshold='auto' without a fitted Unassigned threshold",
      lambda ctx: ctx["annotate"]()(ctx["counts"], gene_names=GENES, threshold="auto"),
      "threshold='auto' needs the Unassigned threshold"),
+    ("unassigned_score='centroid_distance' on a model that stores no centroids",
+     lambda ctx: _pipeline_with_config(ctx, unassigned_score="centroid_distance", unassigned_threshold=0.5)(
+         ctx["counts"], gene_names=GENES, threshold="auto"),
+     "needs the cell types' centroids, and this model holds none"),
     ("AnnData annotated before under the same key_added (copy=True)",
      lambda ctx: ctx["annotate"]()(_annotated(ctx, key_added="again"), key_added="again"), "another key_added"),
     ("existing majority-voting column without overwrite",

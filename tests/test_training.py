@@ -159,3 +159,38 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     before = expected_calibration_error(softmax(overconfident), labels)
     after = expected_calibration_error(softmax(overconfident, temperature), labels)
     assert before > 0.15 and after < 0.05
+
+
+@pytest.mark.slow
+def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp_path, backbone, monkeypatch):
+    from transformers import pipeline
+
+    from scinterpreter.build import save_model_folder
+
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone, unassigned_score="centroid_distance"), tiny_args(tmp_path),
+                 gene_names=GENES)
+    model, config = result.model.eval(), result.model.config
+    assert config.unassigned_score == "centroid_distance" and config.cell_type_centroids
+    # Each type's centroid: the mean unit-length embedding of its training (not validation) cells.
+    training = np.setdiff1d(np.arange(len(labels)), result.validation_cells)
+    embeddings = model(**result.processor(cells[training], gene_names=GENES)).cell_embeddings.detach()
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    label_ids = np.array([result.label2id[label] for label in labels[training]])
+    expected = torch.stack([unit[label_ids == i].mean(0) for i in range(len(result.label2id))])
+    torch.testing.assert_close(model.cell_type_centroids, expected, atol=1e-4, rtol=1e-4)
+    # The threshold: about 5% of the validation cells (at least one) fall below it, none far more.
+    validation = model(**result.processor(cells[result.validation_cells], gene_names=GENES))
+    confidence = model.confidence(validation.logits, validation.cell_embeddings).detach().numpy()
+    threshold = config.unassigned_threshold
+    assert 0 < np.mean(confidence <= threshold) and np.mean(confidence < threshold) <= 0.05
+    # Saved and annotated with threshold="auto": exactly the cells under the threshold are Unassigned. The pipeline
+    # runs the backbone in float32 and all cells in one batch, as here, so that a cell at the threshold (the
+    # validation cell it was chosen at) cannot flip (a bfloat16 backbone moves the similarities by ~1e-4).
+    monkeypatch.setenv("SCINTERPRETER_BACKBONE_DTYPE", "float32")
+    folder = save_model_folder(model, result.processor, tmp_path / "model")
+    annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+    outputs = model(**result.processor(cells, gene_names=GENES))
+    far = model.confidence(outputs.logits, outputs.cell_embeddings).detach().numpy() < threshold
+    results = annotate(cells, gene_names=GENES, threshold="auto", batch_size=len(cells))
+    assert far.any() and [r["label"] == "Unassigned" for r in results] == far.tolist()
