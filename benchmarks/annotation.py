@@ -36,13 +36,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scinterpreter.build import build_processor  # noqa: E402
 from scinterpreter.genes import build_gene_table  # noqa: E402
 from scinterpreter.plots import genept_w  # noqa: E402
+from recipes import option_against_today  # noqa: E402
 from splits import load_split, score, splits  # noqa: E402
 
 OUT = REPO / "docs" / "benchmarks"
 RECORDS = REPO / "benchmarks" / "records"
-# recipes.py options as the table names them; "default" is `Recipe()` + `ScInterpreterTrainingArguments()`.
+# recipes.py options as the table names them; "default" is today's `Recipe()` + `ScInterpreterTrainingArguments()`
+# (a run is named by how its saved recipe differs from today's, not by the option it ran under).
 OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (mean of the soft tokens)",
-                "paper_selection": "default, genes chosen by expression (the paper's rule)"}
+                "paper_selection": "default, genes chosen by expression (the paper's rule)",
+                "no_gene_dropout": "default without gene dropout",
+                "no_gene_dropout+no_llm": "default without gene dropout, no LLM"}
 
 
 def log_normalised(adata):
@@ -107,10 +111,11 @@ def scinterpreter_records(paths):
             run = json.loads(line)
             if run.get("error"):
                 continue
-            runs.append({"dataset": run["dataset"], "split": run["split"], "method": method_name(run["option"]),
+            option = option_against_today(run)
+            runs.append({"dataset": run["dataset"], "split": run["split"], "method": method_name(option),
                          "seed": run["seed"], "accuracy": run["accuracy"], "macro_f1": run["macro_f1"],
                          "train_seconds": run["train_seconds"], "device": run.get("device", "cpu"),
-                         "source": f"{Path(path).name}: {run['option']}"})
+                         "source": f"{Path(path).name}: ran as {run['option']!r}, today {option!r}"})
     means = []
     for key in dict.fromkeys((r["dataset"], r["split"], r["method"]) for r in runs):
         group = [r for r in runs if (r["dataset"], r["split"], r["method"]) == key]

@@ -45,6 +45,7 @@ OPTIONS = {
     "balance_full": {"class_balance": 1.0},
     "lora8": {"lora_rank": 8},
     "gene_dropout25": {"gene_dropout": 0.25},
+    "no_gene_dropout": {"gene_dropout": 0.0},
     "ep6": {"num_train_epochs": 6},
     "ep24": {"num_train_epochs": 24},
     "lr1e-3": {"learning_rate": 1e-3},
@@ -54,6 +55,34 @@ OPTIONS = {
     "no_llm": {"cell_pooling": "mean"},
     "random_genes": {"gene_encoder": "random"},
 }
+
+
+# Recipe fields that older records lack, and what the recipe did before each field existed.
+FIELDS_ADDED_LATER = {"gene_dropout": 0.0, "calibrate": False, "unassigned_score": "max_probability"}
+# Fields that change no prediction (only probabilities' temperature and the Unassigned cut-off) or are this machine's.
+NOT_PREDICTIVE = {"calibrate", "unassigned_score", "backbone_dtype"}
+
+
+def option_against_today(record: dict) -> str:
+    """
+    The option that a record's recipe is today, from its saved `recipe` and training `changes`: `default` when it
+    equals today's `Recipe()` and training defaults, else the options (joined by `+`) that make it, or the changed
+    fields themselves. Records keep the option name they ran under, which the defaults may since have moved from.
+    """
+    from scinterpreter.recipe import Recipe
+
+    today = asdict(Recipe())
+    ran = {**FIELDS_ADDED_LATER, **record["recipe"]}
+    changed = {name: ran[name] for name in ran
+               if name not in NOT_PREDICTIVE and ran[name] != today.get(name, FIELDS_ADDED_LATER.get(name))}
+    changed.update({k: v for k, v in record.get("changes", {}).items() if k not in ran})  # training arguments
+    names = []
+    for name, option in OPTIONS.items():
+        if option and all(changed.get(k, object()) == v for k, v in option.items()):
+            names.append(name)
+            changed = {k: v for k, v in changed.items() if k not in option}
+    names += [f"{k}={v}" for k, v in changed.items()]
+    return "+".join(names) or "default"
 
 
 def parse_option(name: str) -> dict:
