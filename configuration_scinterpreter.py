@@ -53,7 +53,9 @@ class ScInterpreterConfig(PretrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the cross-entropy loss.
         class_weights (`list[float]`, *optional*):
-            Per-label weights of the cross-entropy loss (e.g. to weigh rare cell types up); none by default.
+            Per-label weights of the cross-entropy loss; none by default. New models are built without them
+            (measured worse: docs/experiments.md, run H); kept so that older folders carrying them load and
+            train as they did.
         soft_token_rms (`float`, *optional*):
             When set, each soft token is rescaled to this root-mean-square value (SmolLM2's token embeddings have
             about 0.14), so the backbone reads gene tokens at the scale of the text tokens it was trained on.

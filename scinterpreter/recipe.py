@@ -77,10 +77,6 @@ class Recipe:
         metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
-    class_weighting: str = field(
-        default="none",
-        metadata={"help": "Loss weights per cell type from training counts: none, sqrt_inverse or inverse."},
-    )
     class_balance: float = field(
         default=0.5,
         metadata={"help": "Class-balanced sampling: each cell is drawn with weight (cells of its type)^-power; 0 "

@@ -25,7 +25,8 @@ class StreamingCells(torch.utils.data.IterableDataset):
     Model inputs for the cells of a streamed `datasets.IterableDataset` in the sparse-row layout (`genes` token ids,
     `expressions`, a label column: `ClassLabel` ids, or strings mapped by `label2id`), read `chunk_size` cells at a
     time: gene matching, normalisation and the top-k cut happen in the processor, as for in-memory data.
-    `keep(cell_key)` selects the split; special tokens (`<cls>`, `<pad>`) are dropped.
+    `keep(cell_key)` selects the split; special tokens (`<cls>`, `<pad>`) are dropped. `first_cells` reads raw cells,
+    with no `processor` needed.
     """
 
     def __init__(self, cells, gene_metadata, processor, keep, chunk_size=1024, label_column="label", label2id=None):

@@ -22,7 +22,6 @@ from transformers import HfArgumentParser, pipeline, set_seed
 
 from processing_scinterpreter import ScInterpreterInputError
 
-from .build import build_model
 from .data import CellDataset, check_label_column, read_h5ad, split_cells
 from .demo_data import DEMO_DATASETS, fetch_demo_dataset
 from .evaluation import annotation_metrics, per_class_report
@@ -31,8 +30,7 @@ from .hub import push_model_folder
 from .model_card import write_model_card
 from .optional import require
 from .plots import genept_w, plot_confusion_matrix, plot_reliability, plot_umaps
-from .trainer import ScInterpreterTrainer
-from .training import Recipe, ScInterpreterTrainingArguments, fit
+from .training import Recipe, ScInterpreterTrainingArguments, build_for_training, fit, fit_datasets
 
 logger = logging.getLogger("scinterpreter.train")
 
@@ -240,7 +238,8 @@ def streamed_max_steps(n_train_cells: int, training_args) -> int:
 
 
 def train_streaming(script_args, recipe, training_args, callbacks, started, push_to=None):
-    """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held."""
+    """`main` for streamed datasets: cells are read, processed and trained on chunk by chunk, never all held; the
+    training itself is `fit`'s (`fit_datasets`), without validation cells."""
     from .streaming import StreamingCells, cell_key, hash_split
 
     if str(script_args.dataset).endswith(".h5ad") or script_args.dataset in DEMO_DATASETS:
@@ -262,13 +261,17 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     else:
         def is_test(key):
             return hash_split(key, script_args.test_size)
+
+    def is_train(key):
+        return not is_test(key)
+
     if recipe.validation_fraction > 0:
         logger.info("streamed training holds no validation cells out: it trains for --max_steps and keeps the end")
     # A stream has no length: one pass over the cells' names (and string labels) counts the training cells.
     key_columns = ["cell_id"] if "cell_id" in features else ["genes", "expressions"]
     n_train, train_labels = 0, set()
     for row in cells.select_columns(key_columns + [label_column]):
-        if not is_test(cell_key(row)):
+        if is_train(cell_key(row)):
             n_train += 1
             train_labels.add(str(row[label_column]))
     label_feature = features[label_column]
@@ -277,24 +280,18 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     else:  # plain strings (Tahoe-100M's cell_line_id): the types met among the training cells
         classes = sorted(train_labels)
         label2id = {label: i for i, label in enumerate(classes)}
-    model, processor = build_model(classes, recipe, device=training_args.device)
+    reference = StreamingCells(cells, gene_metadata, processor=None, keep=is_train)  # raw cells: no processor
+    model, processor = build_for_training(classes, recipe, lambda: reference.first_cells(script_args.reference_cells),
+                                          device=training_args.device)
     if training_args.max_steps <= 0:
         training_args.max_steps = streamed_max_steps(n_train, training_args)
         logger.info(f"{n_train} training cells in the stream: {training_args.max_steps} steps")
     stream = dict(gene_metadata=gene_metadata, processor=processor, label_column=label_column, label2id=label2id)
-    train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000),
-                                 keep=lambda key: not is_test(key), **stream)
-    if processor.selection == "excess" or processor.token_value == "excess":
-        reference_cells = StreamingCells(cells, keep=lambda key: not is_test(key), **stream)
-        matrix, gene_names = reference_cells.first_cells(script_args.reference_cells)
-        processor.fit(matrix, gene_names=gene_names)
+    train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), keep=is_train, **stream)
     test_cells = StreamingCells(cells, keep=is_test, **stream)
-    trainer = ScInterpreterTrainer(model=model, args=training_args, train_dataset=train_cells,
-                                   processing_class=processor, callbacks=callbacks,
-                                   adapter_only=script_args.adapter_only)
-    train_started = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - train_started
+    fitted = fit_datasets(model, processor, train_cells, recipe, training_args, callbacks=callbacks,
+                          adapter_only=script_args.adapter_only)
+    trainer, train_seconds = fitted.trainer, fitted.train_seconds
     prediction = trainer.predict(test_cells)
     predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids
     known = references != -100  # test cells of a type no training cell has (string labels) can't be named

@@ -1,5 +1,6 @@
-"""Training scInterpreter: `fit`, the one training path that `train.py`, the benchmarks and the tests all call, with
-`Recipe` (from `scinterpreter.recipe`, where every recipe default is written) and `ScInterpreterTrainingArguments`.
+"""Training scInterpreter: `fit` (labelled cells in memory) and `fit_datasets` (encoded cells, e.g. streamed), the one
+training path that `train.py`, the benchmarks and the tests all call, with `Recipe` (from `scinterpreter.recipe`,
+where every recipe default is written) and `ScInterpreterTrainingArguments`.
 
     from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import IterableDataset
 from transformers import TrainingArguments
 
 from processing_scinterpreter import ScInterpreterInputError
@@ -48,14 +50,15 @@ class ScInterpreterTrainingArguments(TrainingArguments):
 
 @dataclass
 class FitResult:
-    """What `fit` returns: the trained model and fitted processor, and how the training went."""
+    """What `fit` and `fit_datasets` return: the trained model and fitted processor, and how the training went
+    (`validation_cells`: the positions of `fit`'s cells it held out)."""
 
     model: object
     processor: object
     trainer: object
     label2id: dict
-    validation_cells: np.ndarray
     train_seconds: float
+    validation_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     best_epoch: float | None = None
     history: list = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
@@ -69,17 +72,6 @@ class FitResult:
         prefix = f"eval_{VALIDATION}_"
         return {key[len(prefix):]: value for key, value in kept[0].items()
                 if key.startswith(prefix) and not key.endswith(("runtime", "per_second"))}
-
-
-def loss_class_weights(train_labels, classes, scheme: str):
-    """Per-class loss weights from training counts (`none`, `sqrt_inverse` or `inverse`), mean 1."""
-    if scheme == "none":
-        return None
-    if scheme not in ("sqrt_inverse", "inverse"):
-        raise ScInterpreterInputError(f"class_weighting must be none, sqrt_inverse or inverse, got {scheme!r}.")
-    counts = np.array([np.sum(train_labels == label) for label in classes], dtype=np.float64)
-    weights = 1.0 / (np.sqrt(counts) if scheme == "sqrt_inverse" else counts)
-    return (weights / weights.mean()).round(6).tolist()
 
 
 def balanced_sample_weights(label_ids: np.ndarray, power: float) -> np.ndarray | None:
@@ -122,15 +114,20 @@ def annotation_scores(eval_prediction) -> dict:
             "macro_f1": f1_score(references, predicted, average="macro")}
 
 
+def _check_evaluation_flags(training_args, has_validation: bool):
+    """An error where the training arguments ask for evaluation without validation cells to evaluate."""
+    if not has_validation and (training_args.load_best_model_at_end or training_args.eval_strategy != "no"):
+        raise ScInterpreterInputError("--eval_strategy / --load_best_model_at_end need validation cells: set "
+                                      "--validation_fraction above 0 (streamed training holds none out).")
+
+
 def _epoch_settings(training_args, recipe: Recipe, has_validation: bool):
     """Training arguments for per-epoch validation and keeping the best epoch, and whether the checkpoints that
     this needs are temporary (the caller asked for none)."""
-    changes = {}
+    _check_evaluation_flags(training_args, has_validation)
     if not has_validation:
-        if training_args.load_best_model_at_end or training_args.eval_strategy != "no":
-            raise ScInterpreterInputError("--eval_strategy / --load_best_model_at_end need validation cells: set "
-                                          "--validation_fraction above 0.")
         return training_args, False
+    changes = {}
     if training_args.eval_strategy == "no":
         changes["eval_strategy"] = "epoch"
     temporary = False
@@ -145,6 +142,19 @@ def _epoch_settings(training_args, recipe: Recipe, has_validation: bool):
         if training_args.eval_strategy == "steps" or changes.get("eval_strategy") == "steps":
             changes.setdefault("save_steps", training_args.eval_steps)
     return (replace(training_args, **changes) if changes else training_args), temporary
+
+
+def build_for_training(classes, recipe: Recipe, reference_cells, *, layer=None, device="cpu"):
+    """
+    `build_model(classes, recipe)`, with the processor's reference profile fitted (it uses no labels) where the
+    recipe chooses genes or weighs soft tokens by their excess over it: on `reference_cells()`, an
+    `(expression, gene_names)` pair that is read only then (a stream's first training cells, for instance).
+    """
+    model, processor = build_model(classes, recipe, device=device)
+    if processor.selection == "excess" or processor.token_value == "excess":
+        expression, gene_names = reference_cells()
+        processor.fit(expression, gene_names=gene_names, layer=layer)
+    return model, processor
 
 
 def fit(
@@ -162,10 +172,9 @@ def fit(
 ) -> FitResult:
     """
     Trains scInterpreter on labelled cells: holds out validation cells (`recipe.validation_fraction`, per type),
-    fits the processor's reference profile on all the given cells (it uses no labels), builds the model, trains it
-    with `Trainer` (rare types drawn more often: `recipe.class_balance`), evaluates the validation cells every
-    epoch, ends with the last epoch (or the best one: `recipe.keep_best_epoch`) and fits the calibration
-    temperature on the validation cells (`recipe.calibrate`).
+    builds the model and fits the processor's reference profile on all the given cells (`build_for_training`),
+    encodes the cells and trains with `fit_datasets` (rare types drawn more often, validation every epoch, the last
+    or best epoch kept, calibration on the validation cells).
 
     Args:
         expression: the training cells, as the processor takes them (AnnData, matrix with `gene_names`, DataFrame).
@@ -177,8 +186,6 @@ def fit(
             the test cells in a benchmark (read like `expression`); reported in `history`, never used for choices.
     """
     require("train", "scinterpreter.training.fit", "accelerate", "sklearn")
-    from .trainer import ScInterpreterTrainer
-
     from configuration_scinterpreter import UNASSIGNED_SCORES
 
     recipe = recipe or Recipe()
@@ -201,12 +208,10 @@ def fit(
         raise ScInterpreterInputError(f"labels {unknown[:5]} are not among `classes` {classes[:10]}.")
     label_ids = np.array([label2id[label] for label in labels])
     train, validation = validation_split(labels, recipe.validation_fraction, training_args.seed)
-    training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, len(validation) > 0)
+    _check_evaluation_flags(training_args, len(validation) > 0)  # before the backbone is read
 
-    class_weights = loss_class_weights(labels[train], classes, recipe.class_weighting)
-    model, processor = build_model(classes, recipe, class_weights=class_weights, device=training_args.device)
-    if processor.selection == "excess" or processor.token_value == "excess":
-        processor.fit(expression, gene_names=gene_names, layer=layer)
+    model, processor = build_for_training(classes, recipe, lambda: (expression, gene_names), layer=layer,
+                                          device=training_args.device)
     encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="np", show_progress=True)
     cells = lambda positions: CellDataset({k: v[positions] for k, v in encoded.items()}, label_ids[positions])  # noqa: E731
     eval_sets = None
@@ -216,14 +221,53 @@ def fit(
             monitor_inputs = processor(monitor_expression, gene_names=gene_names, layer=layer, return_tensors="np")
             eval_sets[name] = CellDataset(monitor_inputs, [label2id.get(str(label), -100) for label in monitor_labels])
     logger.info(f"{len(train)} training and {len(validation)} validation cells, {len(classes)} cell types")
+    result = fit_datasets(model, processor, cells(train), recipe, training_args, eval_sets=eval_sets,
+                          callbacks=callbacks, adapter_only=adapter_only)
+    result.validation_cells = validation
+    return result
+
+
+def fit_datasets(
+    model,
+    processor,
+    train_dataset,
+    recipe: Recipe | None = None,
+    training_args: TrainingArguments | None = None,
+    *,
+    eval_sets: dict | None = None,
+    callbacks=None,
+    adapter_only: bool = False,
+) -> FitResult:
+    """
+    Trains a built model on encoded cells with `ScInterpreterTrainer`: the training that `fit` (cells in memory)
+    and `train.py --streaming` share. A `CellDataset` is drawn class-balanced (`recipe.class_balance`), a stream
+    (`StreamingCells`) is read in its own order. With a `"validation"` set in `eval_sets`, every set is evaluated
+    every epoch, the validation set picks the epoch kept (`recipe.keep_best_epoch`) and calibrates the model
+    (`recipe.calibrate`). `training_args.resume_from_checkpoint` resumes (`"last"`: the newest checkpoint).
+
+    Args:
+        model, processor: from `build_for_training`.
+        train_dataset (`CellDataset` or `IterableDataset`): the encoded training cells, with label ids.
+        eval_sets (`dict[str, CellDataset]`, *optional*): `"validation"` and, for the record only, other sets.
+    """
+    from .trainer import ScInterpreterTrainer
+
+    recipe = recipe or Recipe()
+    training_args = training_args or ScInterpreterTrainingArguments()
+    has_validation = VALIDATION in (eval_sets or {})
+    training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, has_validation)
+    sample_weights = None
+    if not isinstance(train_dataset, IterableDataset):
+        sample_weights = balanced_sample_weights(train_dataset.labels.numpy(), recipe.class_balance)
+    elif recipe.class_balance:
+        logger.info("a streamed dataset is read in its own order: class_balance does not apply")
 
     output_dir = Path(training_args.output_dir)
     existing = set(output_dir.glob("checkpoint-*"))
     trainer = ScInterpreterTrainer(
-        model=model, args=training_args, train_dataset=cells(train), eval_dataset=eval_sets,
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets,
         processing_class=processor, callbacks=callbacks, adapter_only=adapter_only,
-        compute_metrics=annotation_scores if eval_sets else None,
-        train_sample_weights=balanced_sample_weights(label_ids[train], recipe.class_balance),
+        compute_metrics=annotation_scores if eval_sets else None, train_sample_weights=sample_weights,
     )
     started = time.perf_counter()
     resume = training_args.resume_from_checkpoint
@@ -236,8 +280,8 @@ def fit(
             shutil.rmtree(folder, ignore_errors=True)
 
     calibration = {}
-    if recipe.calibrate and len(validation):
-        calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score, training_cells=cells(train))
+    if recipe.calibrate and has_validation:
+        calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score, training_cells=train_dataset)
     best_epoch = None
     if trainer.state.best_model_checkpoint is not None:
         best_step = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
@@ -245,9 +289,9 @@ def fit(
                            if entry.get("step") == best_step and "epoch" in entry), None)
         logger.info(f"kept epoch {best_epoch} (validation {training_args.metric_for_best_model} "
                     f"{trainer.state.best_metric:.4f})")
-    return FitResult(model=trainer.model, processor=processor, trainer=trainer, label2id=label2id,
-                     validation_cells=validation, train_seconds=train_seconds, best_epoch=best_epoch,
-                     history=list(trainer.state.log_history), calibration=calibration)
+    return FitResult(model=trainer.model, processor=processor, trainer=trainer, label2id=dict(model.config.label2id),
+                     train_seconds=train_seconds, best_epoch=best_epoch, history=list(trainer.state.log_history),
+                     calibration=calibration)
 
 
 def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability", training_cells=None) -> dict:
