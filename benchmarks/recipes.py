@@ -58,6 +58,8 @@ OPTIONS = {
 
 # Recipe fields that older records lack, and what the recipe did before each field existed.
 FIELDS_ADDED_LATER = {"gene_dropout": 0.0, "calibrate": False, "unassigned_score": "max_probability"}
+# Recipe fields since removed, and the value with which a record's recipe is today's (`class_weighting` measured worse).
+FIELDS_REMOVED = {"class_weighting": "none"}
 # Fields that change no prediction (only probabilities' temperature and the Unassigned cut-off) or are this machine's.
 NOT_PREDICTIVE = {"calibrate", "unassigned_score", "backbone_dtype"}
 
@@ -70,7 +72,7 @@ def option_against_today(record: dict) -> str:
     """
     from scinterpreter.recipe import Recipe
 
-    today = asdict(Recipe())
+    today = {**FIELDS_REMOVED, **asdict(Recipe())}
     ran = {**FIELDS_ADDED_LATER, **record["recipe"]}
     changed = {name: ran[name] for name in ran
                if name not in NOT_PREDICTIVE and ran[name] != today.get(name, FIELDS_ADDED_LATER.get(name))}

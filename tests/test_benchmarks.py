@@ -165,3 +165,21 @@ def test_no_render_function_prints_a_machine_literal():
         for literal in (r"\b\d+ (CPU )?cores\b", r"\b20,000\b", r"~\d+%", r"\(seed \d", r"(?<![.\d])\d+%", r"2048",
                         r"\b\d{2},\d{3} genes\b"):
             assert not re.search(literal, source), (name, literal)
+
+
+def test_runs_are_named_by_how_their_saved_recipe_differs_from_todays():
+    from dataclasses import asdict
+
+    from scinterpreter.recipe import Recipe
+
+    name = benchmark("recipes").option_against_today
+    today = asdict(Recipe())
+    assert name({"recipe": today, "changes": {}}) == "default"
+    # A field that changes no prediction, and a removed field at the value that is today's behaviour.
+    assert name({"recipe": {**today, "calibrate": False, "class_weighting": "none"}, "changes": {}}) == "default"
+    assert name({"recipe": {**today, "class_weighting": "inverse"}, "changes": {}}) == "class_weighting=inverse"
+    assert name({"recipe": {**today, "cell_pooling": "mean"}, "changes": {"cell_pooling": "mean"}}) == "no_llm"
+    assert name({"recipe": today, "changes": {"num_train_epochs": 24}}) == "ep24"
+    older = {k: v for k, v in today.items() if k != "gene_dropout"}  # written before gene dropout existed
+    assert name({"recipe": older, "changes": {}}) == ("default" if today["gene_dropout"] == 0 else "no_gene_dropout")
+    assert name({"recipe": {**today, "n_top_genes": 100}, "changes": {}}) == "n_top_genes=100"
