@@ -206,7 +206,7 @@ class CellAnnotationPipeline(Pipeline):
                 `obs[key_added + "_score"]` (probability of the label), `obsm[key_added + "_probabilities"]`
                 (cells x cell types, in the order of `uns[key_added]["labels"]`), `obsm["X_" + key_added]` (cell
                 embeddings) and `uns[key_added]` (labels, model, threshold, calibration temperature, gene match,
-                package version).
+                package version: see `annotation_record`).
             copy (`bool`, *optional*, defaults to `True`): AnnData only: annotate a copy (returned as `.adata`)
                 rather than the input.
             overwrite (`bool`, *optional*, defaults to `False`): AnnData only: allow replacing existing columns.
@@ -299,19 +299,10 @@ class CellAnnotationPipeline(Pipeline):
             adata.obs[obs["score"]] = np.array([result["score"] for result in results], dtype=np.float32)
             adata.obsm[obsm["probabilities"]] = results.probabilities
             adata.obsm[obsm["embeddings"]] = results.embeddings
-            adata.uns[keys["uns"]["settings"]] = {
-                "labels": results.labels,
-                "model": str(self.model.name_or_path),
-                "threshold": threshold,
-                "unassigned_threshold": (float(self.model.config.unassigned_threshold) if threshold == "auto"
-                                         else threshold),
-                "unassigned_score": (self.model.config.unassigned_score if threshold == "auto"
-                                     else "max_probability"),
-                "calibration_temperature": float(getattr(self.model.config, "calibration_temperature", None) or 1.0),
-                "gene_match": self.processor.match_genes(list(expression.var_names)).summary(),
-                "reference": f"refitted on these {n_cells} cells" if refit_reference else "the training cells",
-                "scinterpreter_version": getattr(self.model.config, "scinterpreter_version", None) or "unknown",
-            }
+            adata.uns[keys["uns"]["settings"]] = annotation_record(
+                self.model, self.processor, expression.var_names, threshold,
+                reference=f"refitted on these {n_cells} cells" if refit_reference else "the training cells",
+            )
             if majority_voting:
                 adata.obs[obs["over_clustering"]] = np.asarray(over_clustering).astype(str)
                 adata.obs[obs["over_clustering"]] = adata.obs[obs["over_clustering"]].astype("category")
@@ -398,6 +389,33 @@ def annotation_keys(key_added=CALL_DEFAULTS["key_added"], explain=False, majorit
     return keys
 
 
+def annotation_record(model, processor, gene_names, threshold, reference="the training cells") -> dict:
+    """
+    What `uns[key_added]` records of an annotation: `labels` (the order of the probability columns), `model`,
+    `threshold` (as given) with the `unassigned_threshold` and `unassigned_score` it resolved to,
+    `calibration_temperature` and `calibrated` (False: the model carries no temperature, so the probabilities are the
+    plain softmax and the temperature reads 1.0), `gene_match`, `reference` and `scinterpreter_version`. The pipeline
+    and `scinterpreter.annotate`'s `.h5ad` writer both write this, so that the two records are the same.
+    """
+    config = model.config
+    auto = threshold == "auto"
+    temperature = getattr(config, "calibration_temperature", None)
+    # None only where "auto" meets a model without a fitted threshold, which the pipeline refuses before any cell.
+    applied = getattr(config, "unassigned_threshold", None) if auto else threshold
+    return {
+        "labels": [config.id2label[i] for i in range(len(config.id2label))],
+        "model": str(model.name_or_path),
+        "threshold": threshold if auto else float(threshold),
+        "unassigned_threshold": None if applied is None else float(applied),
+        "unassigned_score": getattr(config, "unassigned_score", "max_probability") if auto else "max_probability",
+        "calibration_temperature": float(temperature or 1.0),
+        "calibrated": temperature is not None,
+        "gene_match": processor.match_genes(list(gene_names)).summary(),
+        "reference": reference,
+        "scinterpreter_version": getattr(config, "scinterpreter_version", None) or "unknown",
+    }
+
+
 def taken_annotation_keys(keys, obs, obsm, uns) -> list:
     """
     Those of `keys` (`annotation_keys`) already present, as `"obs['name']"`, `"obsm['name']"`, `"uns['name']"`.
@@ -449,6 +467,7 @@ __all__ = [
     "CellAnnotations",
     "UNASSIGNED",
     "annotation_keys",
+    "annotation_record",
     "majority_vote",
     "over_cluster",
     "taken_annotation_keys",

@@ -8,7 +8,7 @@ cell types' order), rewritten atomically after each chunk. A rerun with the same
 written, so a killed job loses at most the chunk in flight and redoes no finished cell. `read_annotations(out)` and
 `read_probabilities(out)` gather the results; `--write_h5ad` adds them to a copy of the input as the pipeline does:
 `obs[key_added]`, `obs[key_added + "_score"]`, `obsm[key_added + "_probabilities"]`, `obsm["X_" + key_added]` and
-`uns[key_added]` (labels, model, threshold, calibration temperature, scinterpreter version).
+`uns[key_added]` (the pipeline's record: labels, model, threshold, calibration, gene match, scinterpreter version).
 """
 
 import argparse
@@ -23,13 +23,16 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from transformers.utils.logging import tqdm
 
-from pipeline_scinterpreter import CALL_DEFAULTS, annotation_keys, taken_annotation_keys
+from pipeline_scinterpreter import CALL_DEFAULTS, annotation_keys, annotation_record, taken_annotation_keys
 
 logger = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
-# Bumped when a chunk's contents change, so that a folder written by an older version is not resumed.
-CHUNK_FORMAT = 2
+# Bumped when what a folder holds changes, so that a folder written by an older version is not resumed.
+# 3: progress.json holds the whole `uns` record (annotation_record), not only part of it.
+CHUNK_FORMAT = 3
+# What progress.json holds about the run itself; the rest of it is the `uns[key_added]` record.
+RUN_KEYS = ("source", "n_cells", "chunk_size", "format", "chunks_done")
 
 
 def _atomic_write(path: Path, text: str):
@@ -105,13 +108,10 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
     n_cells = cells.n_obs
     n_chunks = (n_cells + chunk_size - 1) // chunk_size
     progress_file = out / PROGRESS
-    config = annotate.model.config
+    genes = list(cells.var_names)
+    # The record the pipeline writes into uns for an AnnData in memory, built by the same function.
     settings = {"source": str(Path(path).resolve()), "n_cells": n_cells, "chunk_size": chunk_size,
-                "format": CHUNK_FORMAT, "labels": [config.id2label[i] for i in range(len(config.id2label))],
-                "model": str(getattr(annotate.model, "name_or_path", model)),
-                "threshold": threshold if threshold == "auto" else float(threshold),
-                "calibration_temperature": float(getattr(config, "calibration_temperature", None) or 1.0),
-                "scinterpreter_version": getattr(config, "scinterpreter_version", None) or "unknown"}
+                "format": CHUNK_FORMAT, **annotation_record(annotate.model, annotate.processor, genes, threshold)}
     done = 0
     if progress_file.is_file():
         progress = json.loads(progress_file.read_text())
@@ -125,7 +125,6 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
     started, annotated = time.perf_counter(), 0
     bar = tqdm(total=n_cells, initial=min(done * chunk_size, n_cells), unit="cells", desc="Annotating",
                dynamic_ncols=True)
-    genes = list(cells.var_names)
     if compile_backbone is None:
         compile_backbone = n_cells >= getattr(annotate, "compile_min_cells", float("inf"))
     options = {}
@@ -175,7 +174,7 @@ def read_annotations(out):
 
 def read_probabilities(out):
     """All finished chunks' probabilities: `(cell types in column order, cells x cell types)`, and the run's settings
-    (`model`, `threshold`, `calibration_temperature`, `scinterpreter_version`)."""
+    (`model`, `threshold`, `calibration_temperature`, ...: the `uns[key_added]` record, and the run's `RUN_KEYS`)."""
     out = Path(out)
     progress = json.loads((out / PROGRESS).read_text())
     probabilities = np.concatenate([load_file(out / f"chunk_{i:05d}.safetensors")["probabilities"]
@@ -263,8 +262,8 @@ def write_annotated_h5ad(source, out, target, key_added=CALL_DEFAULTS["key_added
             start = stop
         if "uns" not in handle:
             write_elem(handle, "uns", {})
-        write_elem(handle["uns"], keys["uns"]["settings"], {"labels": settings["labels"], **{
-            key: settings[key] for key in ("model", "threshold", "calibration_temperature", "scinterpreter_version")}})
+        write_elem(handle["uns"], keys["uns"]["settings"],
+                   {key: value for key, value in settings.items() if key not in RUN_KEYS})
     os.replace(partial, target)
 
 

@@ -86,6 +86,28 @@ def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path)
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["chunks_done"] == 4
 
 
+def test_the_annotated_copy_records_in_uns_what_the_pipeline_records_in_memory(h5ad, saved_tiny_model, tmp_path):
+    import anndata
+    from transformers import pipeline
+
+    from scinterpreter.annotate import write_annotated_h5ad
+
+    # A calibrated model with a fitted Unassigned threshold, so that every entry of the record is filled.
+    config = json.loads((saved_tiny_model / "config.json").read_text())
+    (saved_tiny_model / "config.json").write_text(json.dumps({**config, "calibration_temperature": 2.0,
+                                                              "unassigned_threshold": 0.4}))
+    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, threshold="auto")
+    annotate_h5ad(h5ad, annotate, tmp_path / "out", chunk_size=16)
+    write_annotated_h5ad(h5ad, tmp_path / "out", tmp_path / "annotated.h5ad")
+    streamed = anndata.read_h5ad(tmp_path / "annotated.h5ad").uns["scinterpreter"]
+    in_memory = annotate(anndata.read_h5ad(h5ad)).adata.uns["scinterpreter"]
+    # What .h5ad gives back (numpy strings, arrays, bools) compared as plain Python values.
+    plain = lambda record: {key: np.asarray(value).tolist() for key, value in record.items()}  # noqa: E731
+    assert plain(streamed) == plain(in_memory)
+    assert in_memory["unassigned_threshold"] == 0.4 and in_memory["calibrated"]
+    assert "matched the model's vocabulary" in in_memory["gene_match"]
+
+
 @pytest.mark.slow
 def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, saved_tiny_model, tmp_path, caplog):
     from transformers import pipeline
@@ -96,7 +118,7 @@ def test_large_files_compile_the_backbone_and_older_pipelines_still_work(h5ad, s
 
     class OlderPipeline:  # the pipeline code of a model folder saved before compile_backbone existed
         compile_min_cells = 50
-        model = annotate.model
+        model, processor = annotate.model, annotate.processor
 
         def __call__(self, rows, gene_names, batch_size, threshold, show_progress):
             calls.append(len(rows))

@@ -169,6 +169,49 @@ def test_the_calibration_temperature_changes_scores_not_labels(saved_tiny_model,
     np.testing.assert_allclose(scaled.probabilities.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("stored", ["null", "absent"])
+def test_a_model_without_a_calibration_temperature_gives_the_plain_softmax_and_records_it(
+        saved_tiny_model, tiny_model, processor, counts, adata, stored):
+    import json
+
+    config = json.loads((saved_tiny_model / "config.json").read_text())
+    if stored == "absent":  # a folder saved before calibration existed
+        del config["calibration_temperature"]
+    else:  # trained with calibrate=False
+        config["calibration_temperature"] = None
+    (saved_tiny_model / "config.json").write_text(json.dumps(config))
+    annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True)
+    softmax = tiny_model(**processor(counts, gene_names=GENES)).logits.detach().float().softmax(-1).numpy()
+    # 5e-5: float32 noise between batch shapes (up to 1.3e-5 seen), well under what a temperature moves (next test).
+    np.testing.assert_allclose(annotate(counts, gene_names=GENES).probabilities, softmax, atol=5e-5)
+    annotated = annotate(adata).adata
+    np.testing.assert_allclose(annotated.obsm["scinterpreter_probabilities"], softmax, atol=5e-5)
+    record = annotated.uns["scinterpreter"]
+    assert record["calibrated"] is False and record["calibration_temperature"] == 1.0
+
+
+@pytest.mark.parametrize("temperature", [None, 3.0])
+def test_one_cell_gets_the_probabilities_of_its_row_of_a_matrix(saved_tiny_model, tiny_model, processor, counts,
+                                                                  adata, temperature):
+    annotate = _with_config(saved_tiny_model, calibration_temperature=temperature)
+    logits = tiny_model(**processor(counts, gene_names=GENES)).logits.detach().float()
+    expected = (logits / (temperature or 1.0)).softmax(-1).numpy()
+    if temperature:  # the tiny model's probabilities are near 1/3: make sure the temperature shows at this tolerance
+        assert not np.allclose(expected, logits.softmax(-1).numpy(), atol=5e-5)
+    np.testing.assert_allclose(annotate(counts, gene_names=GENES).probabilities, expected, atol=5e-5)
+    cell = 3
+    one_cell = {"vector": annotate(counts[cell], gene_names=GENES),
+                "dict": annotate(dict(zip(GENES, counts[cell].tolist()))),
+                "1-row AnnData": annotate(adata[cell : cell + 1])}
+    for kind, results in one_cell.items():
+        assert results.probabilities.shape == (1, len(LABELS)), kind
+        np.testing.assert_allclose(results.probabilities[0], expected[cell], atol=5e-5, err_msg=kind)
+        assert results[0]["score"] == pytest.approx(expected[cell].max(), abs=5e-5), kind
+    record = one_cell["1-row AnnData"].adata.uns["scinterpreter"]
+    assert record["calibrated"] is (temperature is not None)
+    assert record["calibration_temperature"] == (temperature or 1.0)
+
+
 def test_options_given_at_construction_are_the_defaults_of_every_call(saved_tiny_model, counts):
     annotate = pipeline("cell-annotation", model=str(saved_tiny_model), trust_remote_code=True, top_k=1,
                         threshold=0.99)

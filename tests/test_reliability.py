@@ -193,6 +193,8 @@ BAD_INPUTS = [
     ("0 genes", _matrix_case(lambda c: (c[:, :0], [])), "is empty"),
     ("0 cells through the pipeline, explain=True", _pipeline_case(lambda c: (c[:0], GENES), explain=True),
      "expression is empty"),
+    ("0 cells of an AnnData through the pipeline, explain=True",
+     lambda ctx: ctx["annotate"]()(ctx["adata"][:0], explain=True), "expression is empty"),
     ("counts declared log-normalised",
      lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, input_kind="log1p")(ctx["counts"] * 40, gene_names=GENES),
      "declared log-normalised"),
