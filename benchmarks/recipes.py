@@ -116,6 +116,7 @@ def load_cells(dataset, split, split_file, fold, bundle):
 def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     from transformers import set_seed
 
+    from scinterpreter.calibration import expected_calibration_error, softmax
     from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
 
     started = time.perf_counter()
@@ -141,12 +142,18 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
                      monitor_sets={"test": (test_cells, labels[keep])})
         references = np.array([result.label2id[label] for label in labels[keep]])
 
-        def scores(processor):
+        def scores(processor, calibration=None):
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
             logits, _ = predict(result.model, inputs, args.per_device_eval_batch_size)
-            return score(references, logits.argmax(-1).numpy())
+            metrics = score(references, logits.argmax(-1).numpy())
+            if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
+                logits = logits.float().numpy()
+                metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
+                metrics["test_ece_after"] = round(expected_calibration_error(
+                    softmax(logits, calibration["temperature"]), references), 4)
+            return metrics
 
-        metrics = scores(result.processor)
+        metrics = scores(result.processor, result.calibration)
         # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
         # test cells, as a user annotating another batch or species could do with `processor.fit`.
         metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells, gene_names=gene_names))
@@ -158,6 +165,8 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "test_reference_refit": metrics["test_reference_refit"],
+        **{k: metrics[k] for k in ("test_ece_before", "test_ece_after") if k in metrics},
+        "calibration": result.calibration,
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
         "train_seconds": round(result.train_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
         "n_train": int(len(train) - len(result.validation_cells)), "n_validation": int(len(result.validation_cells)),

@@ -4,7 +4,8 @@
 (they cannot import this package), and their defaults say what a saved folder without a field means, so they must
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
-Where the two still differ (`soft_token_rms`, `gene_selection`), the folder default is the older behaviour.
+Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`), the folder default is the older
+behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -64,9 +65,10 @@ class Recipe:
         metadata={"help": "Also train a per-gene vector added to the frozen text embeddings (beyond the paper)."},
     )
     gene_dropout: float = field(
-        default=0.0,
+        default=0.25,
         metadata={"help": "In training only, the share of each cell's genes left out of its soft tokens at random "
-                          "(an augmentation; beyond the paper)."},
+                          "(an augmentation beyond the paper; 0.25 over 0: +.026 mean macro-F1 over 10 splits x 3 "
+                          "seeds, docs/experiments.md; 0 turns it off)."},
     )
     lora_rank: int = field(
         default=0, metadata={"help": "Rank of low-rank adapters on the backbone's q and v projections (0: none)."}
