@@ -136,7 +136,10 @@ def write_markdown(records, meta, path):
     baselines = meta["baselines"]
     means = [r for r in records if r.get("seed") in (None, "mean")]
     rows = list(dict.fromkeys((r["dataset"], r["split"]) for r in means))
-    methods = list(dict.fromkeys(r["method"] for r in means))
+    # Baselines, then today's default, its ablations, and the runs of other recipes (stable order within each).
+    methods = sorted(dict.fromkeys(r["method"] for r in means),
+                     key=lambda m: (m.startswith("scInterpreter"), m != method_name("default"),
+                                    not m.startswith(method_name("default")[:-1])))
     score = {(r["dataset"], r["split"], r["method"]): r for r in means}
     lines = [
         "# Cell-annotation benchmark on the shared splits",
