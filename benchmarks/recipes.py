@@ -200,18 +200,30 @@ def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
                                                      "best_epoch", "seconds", "error")}), flush=True)
 
 
-def make_jobs(options, split_names, seeds, skip_done=None):
+def planned_recipe(option: str, overrides=None) -> dict:
+    """`{"recipe", "changes"}` as a record of `option` (with `--set` overrides) run today would carry them."""
+    from scinterpreter.recipe import Recipe
+
+    changes = {**parse_option(option), **(overrides or {})}
+    names = {f.name for f in fields(Recipe)}
+    return {"recipe": asdict(replace(Recipe(), **{k: v for k, v in changes.items() if k in names})), "changes": changes}
+
+
+def make_jobs(options, split_names, seeds, skip_done=None, overrides=None):
+    """The runs to do; a run is done when `skip_done` holds one with the same recipe today (`option_against_today`),
+    whatever option name it ran under, so that a run of an older default is not taken for today's."""
     done = set()
     if skip_done and Path(skip_done).exists():
         for line in Path(skip_done).read_text().splitlines():
             record = json.loads(line)
-            if "error" not in record:
-                done.add((record["option"], record["dataset"], record["split"], record["seed"]))
+            if "error" not in record and "recipe" in record:
+                done.add((option_against_today(record), record["dataset"], record["split"], record["seed"]))
     jobs = []
     for seed in seeds:  # every option and split once before any is repeated with another seed
         for option in options:
+            today = option_against_today(planned_recipe(option, overrides))
             for dataset, split, split_file, fold in splits(split_names):
-                if (option, dataset, split, seed) not in done:
+                if (today, dataset, split, seed) not in done:
                     jobs.append({"option": option, "dataset": dataset, "split": split, "split_file": str(split_file),
                                  "fold": fold, "seed": seed})
     return jobs
@@ -239,7 +251,7 @@ def main(argv=None):
             overrides[key] = value
     for option in args.options:
         parse_option(option)
-    jobs = make_jobs(args.options, args.splits, args.seeds, skip_done=args.out)
+    jobs = make_jobs(args.options, args.splits, args.seeds, skip_done=args.out, overrides=overrides)
     print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline if args.deadline else 0

@@ -183,3 +183,21 @@ def test_runs_are_named_by_how_their_saved_recipe_differs_from_todays():
     older = {k: v for k, v in today.items() if k != "gene_dropout"}  # written before gene dropout existed
     assert name({"recipe": older, "changes": {}}) == ("default" if today["gene_dropout"] == 0 else "no_gene_dropout")
     assert name({"recipe": {**today, "n_top_genes": 100}, "changes": {}}) == "n_top_genes=100"
+
+
+def test_a_run_of_an_older_default_is_not_taken_for_todays(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    from scinterpreter.recipe import Recipe
+
+    recipes = benchmark("recipes")
+    monkeypatch.setattr(recipes, "splits", lambda names: [("d", "fixed", "d.json", None)])
+    out = tmp_path / "records.jsonl"
+    older = {k: v for k, v in asdict(replace(Recipe(), lora_rank=8)).items() if k != "gene_dropout"}
+    record = {"option": "lora8", "dataset": "d", "split": "fixed", "seed": 0, "changes": {"lora_rank": 8}}
+    out.write_text(json.dumps({**record, "recipe": older}) + "\n")
+    assert len(recipes.make_jobs(["lora8"], None, [0], skip_done=out)) == (1 if Recipe().gene_dropout else 0)
+    today = asdict(replace(Recipe(), lora_rank=8))
+    out.write_text(json.dumps({**record, "recipe": today}) + "\n")
+    assert recipes.make_jobs(["lora8"], None, [0], skip_done=out) == []
+    assert len(recipes.make_jobs(["lora8"], None, [0, 1], skip_done=out)) == 1
