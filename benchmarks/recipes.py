@@ -74,6 +74,9 @@ def option_against_today(record: dict) -> str:
 
     today = {**FIELDS_REMOVED, **asdict(Recipe())}
     ran = {**FIELDS_ADDED_LATER, **record["recipe"]}
+    unknown = sorted(set(asdict(Recipe())) - set(ran))
+    if unknown:  # a field added after the record was written, whose old meaning nobody wrote down
+        raise ValueError(f"a record's recipe lacks {unknown}: add what the recipe did before them to FIELDS_ADDED_LATER")
     changed = {name: ran[name] for name in ran
                if name not in NOT_PREDICTIVE and ran[name] != today.get(name, FIELDS_ADDED_LATER.get(name))}
     changed.update({k: v for k, v in record.get("changes", {}).items() if k not in ran})  # training arguments
@@ -122,9 +125,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     started = time.perf_counter()
     expression, gene_names, labels, train, test = load_cells(job["dataset"], job["split"], job.get("split_file"),
                                                              job.get("fold"), bundle)
-    changes = {**parse_option(job["option"]), **(overrides or {})}
-    recipe_names = {f.name for f in fields(Recipe)}
-    recipe = replace(Recipe(), **{k: v for k, v in changes.items() if k in recipe_names})
+    planned = planned_recipe(job["option"], overrides)
+    changes, recipe_names = planned["changes"], {f.name for f in fields(Recipe)}
+    recipe = Recipe(**planned["recipe"])
     if bundle is not None and recipe.soft_token_rms == "auto":
         # The bundle's backbone carries only the instruction's token embeddings: `auto` as computed on the full table.
         recipe = replace(recipe, soft_token_rms=json.loads((Path(bundle) / "bundle.json").read_text())["soft_token_rms"])
@@ -170,7 +173,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
         "train_seconds": round(result.train_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
         "n_train": int(len(train) - len(result.validation_cells)), "n_validation": int(len(result.validation_cells)),
-        "n_test": int(len(keep)), "changes": changes, "recipe": asdict(recipe),
+        # The recipe as planned (`soft_token_rms` "auto" stays "auto" on a bundle), so that runs compare by recipe.
+        "n_test": int(len(keep)), "changes": changes, "recipe": planned["recipe"],
+        "soft_token_rms": recipe.soft_token_rms,
         "device": str(result.model.device), "backbone_dtype": str(result.model.model.backbone_dtype),
         "epochs": epochs,
     }

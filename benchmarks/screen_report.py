@@ -7,20 +7,27 @@ the report of a screen (one change at a time), computed from the JSONL records a
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipes import option_against_today  # noqa: E402
+
 
 def load_records(paths) -> dict:
-    """`{(option, dataset, split): {seed: record}}`; a later file's run replaces an earlier one's."""
+    """`{(option, dataset, split): {seed: record}}`, each run under the option its recipe is today
+    (`recipes.option_against_today`: a run of an older default is not today's `default`); a later file's run
+    replaces an earlier one's."""
     runs = defaultdict(dict)
     for path in paths:
         for line in Path(path).read_text().splitlines():
             record = json.loads(line)
             if "error" not in record:
-                runs[(record["option"], record["dataset"], record["split"])][record["seed"]] = record
+                option = option_against_today(record) if "recipe" in record else record["option"]
+                runs[(option, record["dataset"], record["split"])][record["seed"]] = record
     return runs
 
 

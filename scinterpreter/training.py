@@ -257,10 +257,14 @@ def fit_datasets(
     has_validation = VALIDATION in (eval_sets or {})
     training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, has_validation)
     sample_weights = None
-    if not isinstance(train_dataset, IterableDataset):
-        sample_weights = balanced_sample_weights(train_dataset.labels.numpy(), recipe.class_balance)
-    elif recipe.class_balance:
+    if recipe.class_balance and isinstance(train_dataset, IterableDataset):
         logger.info("a streamed dataset is read in its own order: class_balance does not apply")
+    elif recipe.class_balance:
+        labels = getattr(train_dataset, "labels", None)
+        if labels is None:
+            raise ScInterpreterInputError("class_balance draws cells by their type, and the training dataset has no "
+                                          "labels: pass a CellDataset with label ids, or class_balance=0.")
+        sample_weights = balanced_sample_weights(np.asarray(labels), recipe.class_balance)
 
     output_dir = Path(training_args.output_dir)
     existing = set(output_dir.glob("checkpoint-*"))

@@ -183,6 +183,8 @@ def test_runs_are_named_by_how_their_saved_recipe_differs_from_todays():
     older = {k: v for k, v in today.items() if k != "gene_dropout"}  # written before gene dropout existed
     assert name({"recipe": older, "changes": {}}) == ("default" if today["gene_dropout"] == 0 else "no_gene_dropout")
     assert name({"recipe": {**today, "n_top_genes": 100}, "changes": {}}) == "n_top_genes=100"
+    with pytest.raises(ValueError, match="n_top_genes"):  # missing, and no record of what its absence meant
+        name({"recipe": {k: v for k, v in today.items() if k != "n_top_genes"}, "changes": {}})
 
 
 def test_a_run_of_an_older_default_is_not_taken_for_todays(tmp_path, monkeypatch):

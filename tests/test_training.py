@@ -194,3 +194,15 @@ def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp
     far = model.confidence(outputs.logits, outputs.cell_embeddings).detach().numpy() < threshold
     results = annotate(cells, gene_names=GENES, threshold="auto", batch_size=len(cells))
     assert far.any() and [r["label"] == "Unassigned" for r in results] == far.tolist()
+
+
+def test_class_balance_on_a_dataset_without_labels_is_our_error(tmp_path):
+    from processing_scinterpreter import ScInterpreterInputError
+    from scinterpreter.data import CellDataset
+    from scinterpreter.training import fit_datasets
+
+    unlabelled = CellDataset({"gene_ids": np.zeros((4, 3), dtype=np.int64), "gene_values": np.ones((4, 3), np.float32),
+                              "gene_mask": np.ones((4, 3), dtype=bool)})
+    with pytest.raises(ScInterpreterInputError, match="no labels"):
+        fit_datasets(None, None, unlabelled, Recipe(class_balance=0.5),
+                     ScInterpreterTrainingArguments(output_dir=str(tmp_path)))
