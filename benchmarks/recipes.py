@@ -78,7 +78,7 @@ def option_against_today(record: dict) -> str:
     if unknown:  # a field added after the record was written, whose old meaning nobody wrote down
         raise ValueError(f"a record's recipe lacks {unknown}: add what the recipe did before them to FIELDS_ADDED_LATER")
     changed = {name: ran[name] for name in ran
-               if name not in NOT_PREDICTIVE and ran[name] != today.get(name, FIELDS_ADDED_LATER.get(name))}
+               if name not in NOT_PREDICTIVE and ran[name] != today.get(name)}
     changed.update({k: v for k, v in record.get("changes", {}).items() if k not in ran})  # training arguments
     names = []
     for name, option in OPTIONS.items():
