@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from configuration_scinterpreter import ScInterpreterConfig  # noqa: E402
 from splits import load_split, predict, score, splits  # noqa: E402
 
 # One change each from the product's defaults. Keys are `Recipe` or `TrainingArguments` fields.
@@ -58,8 +59,14 @@ OPTIONS = {
 }
 
 
-# Recipe fields that older records lack, and what the recipe did before each field existed.
-FIELDS_ADDED_LATER = {"gene_dropout": 0.0, "calibrate": False, "unassigned_score": "max_probability"}
+# Recipe fields that older records lack, and what the recipe did before each field existed. For a config field that
+# is what a model folder without it means: `ScInterpreterConfig`'s default, which never changes.
+_FOLDER_DEFAULTS = ScInterpreterConfig()
+FIELDS_ADDED_LATER = {
+    "gene_dropout": _FOLDER_DEFAULTS.gene_dropout,
+    "unassigned_score": _FOLDER_DEFAULTS.unassigned_score,
+    "calibrate": False,  # not a config field: older models were not calibrated (no calibration_temperature)
+}
 # Recipe fields since removed, and the value with which a record's recipe is today's (`class_weighting` measured worse).
 FIELDS_REMOVED = {"class_weighting": "none"}
 # Fields that change no prediction (only probabilities' temperature and the Unassigned cut-off) or are this machine's.

@@ -114,10 +114,18 @@ def annotate_h5ad(path, model, out, chunk_size=4096, batch_size=None, threshold=
                 "format": CHUNK_FORMAT, **annotation_record(annotate.model, annotate.processor, genes, threshold)}
     done = 0
     if progress_file.is_file():
-        progress = json.loads(progress_file.read_text())
-        if {key: progress.get(key) for key in settings} != settings:
-            from processing_scinterpreter import ScInterpreterInputError
+        from processing_scinterpreter import ScInterpreterInputError
 
+        progress = json.loads(progress_file.read_text())
+        written_format = progress.get("format", 1)  # the first format wrote no number
+        if written_format != CHUNK_FORMAT:
+            # Checked first: a folder of another format differs from `settings` even for the same run, and says why.
+            version = "an older" if written_format < CHUNK_FORMAT else "a newer"
+            raise ScInterpreterInputError(
+                f"{out} holds results written by {version} scInterpreter (chunk format {written_format}, this version "
+                f"writes {CHUNK_FORMAT}), which this version does not resume; use a new --out folder."
+            )
+        if {key: progress.get(key) for key in settings} != settings:
             raise ScInterpreterInputError(f"{out} holds results of another run ({progress_file}); use a new --out "
                                           "folder.")
         done = progress["chunks_done"]

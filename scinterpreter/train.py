@@ -30,7 +30,14 @@ from .hub import push_model_folder
 from .model_card import write_model_card
 from .optional import require
 from .plots import genept_w, plot_confusion_matrix, plot_reliability, plot_umaps
-from .training import Recipe, ScInterpreterTrainingArguments, build_for_training, fit, fit_datasets
+from .training import (
+    Recipe,
+    ScInterpreterTrainingArguments,
+    build_for_training,
+    check_evaluation_flags,
+    fit,
+    fit_datasets,
+)
 
 logger = logging.getLogger("scinterpreter.train")
 
@@ -245,6 +252,7 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     if str(script_args.dataset).endswith(".h5ad") or script_args.dataset in DEMO_DATASETS:
         raise ScInterpreterInputError("--streaming reads Hub or local datasets in the sparse-row layout; an .h5ad "
                                       "file is read in backed mode by scinterpreter.annotate, or load it whole.")
+    check_evaluation_flags(training_args, has_validation=False)  # before the stream is opened and counted
     data = load_cells(script_args.dataset, streaming=True)
     cells, gene_metadata = data["cells"], data["gene_metadata"]
     features = cells.features or {}
@@ -290,7 +298,7 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), keep=is_train, **stream)
     test_cells = StreamingCells(cells, keep=is_test, **stream)
     fitted = fit_datasets(model, processor, train_cells, recipe, training_args, callbacks=callbacks,
-                          adapter_only=script_args.adapter_only)
+                          adapter_only=script_args.adapter_only, evaluation_flags_checked=True)
     trainer, train_seconds = fitted.trainer, fitted.train_seconds
     prediction = trainer.predict(test_cells)
     predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids

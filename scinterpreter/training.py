@@ -114,8 +114,9 @@ def annotation_scores(eval_prediction) -> dict:
             "macro_f1": f1_score(references, predicted, average="macro")}
 
 
-def _check_evaluation_flags(training_args, has_validation: bool):
-    """An error where the training arguments ask for evaluation without validation cells to evaluate."""
+def check_evaluation_flags(training_args, has_validation: bool):
+    """An error where the training arguments ask for evaluation without validation cells to evaluate. Callers run it
+    before reading the backbone or the data, so that a wrong flag fails in seconds rather than minutes."""
     if not has_validation and (training_args.load_best_model_at_end or training_args.eval_strategy != "no"):
         raise ScInterpreterInputError("--eval_strategy / --load_best_model_at_end need validation cells: set "
                                       "--validation_fraction above 0 (streamed training holds none out).")
@@ -124,7 +125,6 @@ def _check_evaluation_flags(training_args, has_validation: bool):
 def _epoch_settings(training_args, recipe: Recipe, has_validation: bool):
     """Training arguments for per-epoch validation and keeping the best epoch, and whether the checkpoints that
     this needs are temporary (the caller asked for none)."""
-    _check_evaluation_flags(training_args, has_validation)
     if not has_validation:
         return training_args, False
     changes = {}
@@ -208,7 +208,7 @@ def fit(
         raise ScInterpreterInputError(f"labels {unknown[:5]} are not among `classes` {classes[:10]}.")
     label_ids = np.array([label2id[label] for label in labels])
     train, validation = validation_split(labels, recipe.validation_fraction, training_args.seed)
-    _check_evaluation_flags(training_args, len(validation) > 0)  # before the backbone is read
+    check_evaluation_flags(training_args, len(validation) > 0)  # before the backbone is read
 
     model, processor = build_for_training(classes, recipe, lambda: (expression, gene_names), layer=layer,
                                           device=training_args.device)
@@ -222,7 +222,7 @@ def fit(
             eval_sets[name] = CellDataset(monitor_inputs, [label2id.get(str(label), -100) for label in monitor_labels])
     logger.info(f"{len(train)} training and {len(validation)} validation cells, {len(classes)} cell types")
     result = fit_datasets(model, processor, cells(train), recipe, training_args, eval_sets=eval_sets,
-                          callbacks=callbacks, adapter_only=adapter_only)
+                          callbacks=callbacks, adapter_only=adapter_only, evaluation_flags_checked=True)
     result.validation_cells = validation
     return result
 
@@ -237,6 +237,7 @@ def fit_datasets(
     eval_sets: dict | None = None,
     callbacks=None,
     adapter_only: bool = False,
+    evaluation_flags_checked: bool = False,
 ) -> FitResult:
     """
     Trains a built model on encoded cells with `ScInterpreterTrainer`: the training that `fit` (cells in memory)
@@ -249,12 +250,16 @@ def fit_datasets(
         model, processor: from `build_for_training`.
         train_dataset (`CellDataset` or `IterableDataset`): the encoded training cells, with label ids.
         eval_sets (`dict[str, CellDataset]`, *optional*): `"validation"` and, for the record only, other sets.
+        evaluation_flags_checked (`bool`, *optional*): the caller has run `check_evaluation_flags` already, before
+            its long reads (`fit`, `train.py --streaming`), so it is not run twice.
     """
     from .trainer import ScInterpreterTrainer
 
     recipe = recipe or Recipe()
     training_args = training_args or ScInterpreterTrainingArguments()
     has_validation = VALIDATION in (eval_sets or {})
+    if not evaluation_flags_checked:
+        check_evaluation_flags(training_args, has_validation)
     training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, has_validation)
     sample_weights = None
     if recipe.class_balance and isinstance(train_dataset, IterableDataset):

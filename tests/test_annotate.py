@@ -68,6 +68,28 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_cells(h5ad, saved_
     assert embeddings.shape == (50, 32)
 
 
+@pytest.mark.parametrize("written_by", ["another run", "an older format", "the first format"])
+def test_a_folder_it_cannot_resume_is_refused_for_its_reason_and_left_as_it_was(written_by, h5ad, saved_tiny_model,
+                                                                                tmp_path):
+    from processing_scinterpreter import ScInterpreterInputError
+    from scinterpreter.annotate import CHUNK_FORMAT
+
+    out = tmp_path / "out"
+    annotate_h5ad(h5ad, saved_tiny_model, out, chunk_size=8, max_chunks=2)
+    progress = json.loads((out / "progress.json").read_text())
+    if written_by == "an older format":
+        progress["format"] = CHUNK_FORMAT - 1
+    elif written_by == "the first format":
+        del progress["format"]  # it wrote no number
+    (out / "progress.json").write_text(json.dumps(progress))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    message = "results of another run" if written_by == "another run" else (
+        f"older scInterpreter \\(chunk format {progress.get('format', 1)}, this version writes {CHUNK_FORMAT}\\)")
+    with pytest.raises(ScInterpreterInputError, match=message):
+        annotate_h5ad(h5ad, saved_tiny_model, out, chunk_size=16 if written_by == "another run" else 8)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
 def test_command_line_writes_an_annotated_copy(h5ad, saved_tiny_model, tmp_path):
     import anndata
 

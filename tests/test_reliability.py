@@ -141,6 +141,31 @@ def _annotate_twice_into(ctx):
     annotate_h5ad(ctx["genes_h5ad"], ctx["saved"], out, chunk_size=16)
 
 
+def _resume_a_folder_of_an_older_format(ctx):
+    import json
+
+    from scinterpreter.annotate import CHUNK_FORMAT, annotate_h5ad
+
+    out = ctx["tmp"] / "annotations"
+    annotate_h5ad(ctx["genes_h5ad"], ctx["saved"], out, chunk_size=8, max_chunks=1)
+    progress = out / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "format": CHUNK_FORMAT - 1}))
+    annotate_h5ad(ctx["genes_h5ad"], ctx["saved"], out, chunk_size=8)  # the same run otherwise
+
+
+def _fit_datasets_case(**training_args):
+    def run(ctx):
+        from scinterpreter.data import CellDataset
+        from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit_datasets
+
+        # Checked before the model is touched, so none is needed.
+        cells = CellDataset({"gene_ids": np.zeros((4, 3), dtype=np.int64), "gene_values": np.ones((4, 3), np.float32),
+                             "gene_mask": np.ones((4, 3), dtype=bool)}, [0, 1, 0, 1])
+        fit_datasets(None, None, cells, Recipe(), ScInterpreterTrainingArguments(output_dir=str(ctx["tmp"] / "fit"),
+                                                                                 **training_args))
+    return run
+
+
 def _load_adapter_without_gene_table(ctx):
     from modeling_scinterpreter import ScInterpreterForCellAnnotation
 
@@ -299,6 +324,8 @@ BAD_INPUTS = [
          ctx["h5ad"], ctx["saved"], ctx["tmp"] / "out", layer="spliced"),
      r"layer 'spliced' is not in .*layers: \[\]"),
     ("--out folder holding another run's results", _annotate_twice_into, "results of another run"),
+    ("--out folder written by an older version (chunk format)", _resume_a_folder_of_an_older_format,
+     r"written by an older scInterpreter \(chunk format \d+, this version writes \d+\)"),
     ("--write_h5ad of a file annotated before under the same key",
      lambda ctx: __import__("scinterpreter.annotate").annotate.main(
          [str(ctx["annotated_h5ad"]), "--model", str(ctx["saved"]), "--out", str(ctx["tmp"] / "out"),
@@ -309,6 +336,13 @@ BAD_INPUTS = [
      "unassigned_score must be one of"),
     ("evaluation flags without validation cells (training.fit)",
      _fit_case(_two_types, recipe={"validation_fraction": 0.0}, eval_strategy="epoch"), "need validation cells"),
+    ("evaluation flags without validation cells (training.fit_datasets)",
+     _fit_datasets_case(load_best_model_at_end=True, eval_strategy="epoch", save_strategy="epoch"),
+     "need validation cells"),
+    # Before the stream is opened: the missing label column, which only the stream's columns show, is not reached.
+    ("evaluation flags in streamed training",
+     _train_case(lambda ctx: ["--dataset", str(ctx["tahoe_like"]), "--streaming", "true", "--eval_strategy", "epoch"]),
+     "need validation cells"),
     ("class_balance above 1",
      lambda ctx: __import__("scinterpreter.training").training.balanced_sample_weights(np.array([0] * 9 + [1]), 2.0),
      "class_balance must be between 0 and 1"),
