@@ -298,7 +298,7 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
     train_cells = StreamingCells(cells.shuffle(seed=training_args.seed, buffer_size=10_000), keep=is_train, **stream)
     test_cells = StreamingCells(cells, keep=is_test, **stream)
     fitted = fit_datasets(model, processor, train_cells, recipe, training_args, callbacks=callbacks,
-                          adapter_only=script_args.adapter_only, evaluation_flags_checked=True)
+                          adapter_only=script_args.adapter_only)
     trainer, train_seconds = fitted.trainer, fitted.train_seconds
     prediction = trainer.predict(test_cells)
     predicted, references = prediction.predictions[0].argmax(-1), prediction.label_ids

@@ -222,7 +222,7 @@ def fit(
             eval_sets[name] = CellDataset(monitor_inputs, [label2id.get(str(label), -100) for label in monitor_labels])
     logger.info(f"{len(train)} training and {len(validation)} validation cells, {len(classes)} cell types")
     result = fit_datasets(model, processor, cells(train), recipe, training_args, eval_sets=eval_sets,
-                          callbacks=callbacks, adapter_only=adapter_only, evaluation_flags_checked=True)
+                          callbacks=callbacks, adapter_only=adapter_only)
     result.validation_cells = validation
     return result
 
@@ -237,7 +237,6 @@ def fit_datasets(
     eval_sets: dict | None = None,
     callbacks=None,
     adapter_only: bool = False,
-    evaluation_flags_checked: bool = False,
 ) -> FitResult:
     """
     Trains a built model on encoded cells with `ScInterpreterTrainer`: the training that `fit` (cells in memory)
@@ -250,16 +249,13 @@ def fit_datasets(
         model, processor: from `build_for_training`.
         train_dataset (`CellDataset` or `IterableDataset`): the encoded training cells, with label ids.
         eval_sets (`dict[str, CellDataset]`, *optional*): `"validation"` and, for the record only, other sets.
-        evaluation_flags_checked (`bool`, *optional*): the caller has run `check_evaluation_flags` already, before
-            its long reads (`fit`, `train.py --streaming`), so it is not run twice.
     """
     from .trainer import ScInterpreterTrainer
 
     recipe = recipe or Recipe()
     training_args = training_args or ScInterpreterTrainingArguments()
     has_validation = VALIDATION in (eval_sets or {})
-    if not evaluation_flags_checked:
-        check_evaluation_flags(training_args, has_validation)
+    check_evaluation_flags(training_args, has_validation)  # again for direct callers; `fit` checked before reading
     training_args, temporary_checkpoints = _epoch_settings(training_args, recipe, has_validation)
     sample_weights = None
     if recipe.class_balance and isinstance(train_dataset, IterableDataset):

@@ -207,36 +207,3 @@ def test_class_balance_on_a_dataset_without_labels_is_our_error(tmp_path):
         fit_datasets(None, None, unlabelled, Recipe(class_balance=0.5),
                      ScInterpreterTrainingArguments(output_dir=str(tmp_path)))
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("path", ["fit", "train.py --streaming"])
-def test_the_evaluation_flags_are_checked_once_per_training(path, tmp_path, backbone, monkeypatch):
-    """Once, before the backbone and the data are read (a bad flag fails in seconds), and not again in `fit_datasets`."""
-    import scinterpreter.train
-    import scinterpreter.training
-
-    checks = []
-    check = scinterpreter.training.check_evaluation_flags
-
-    def counted(*args, **kwargs):
-        checks.append(args)
-        return check(*args, **kwargs)
-
-    for module in (scinterpreter.training, scinterpreter.train):
-        monkeypatch.setattr(module, "check_evaluation_flags", counted)
-    if path == "fit":
-        cells, labels = marker_cells()
-        fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path, num_train_epochs=1), gene_names=GENES)
-    else:
-        import anndata
-        from conftest import make_marker_dataset
-
-        from scinterpreter.hf_datasets import anndata_to_dataset, save_cells
-
-        adata = anndata.read_h5ad(make_marker_dataset(tmp_path / "cells.h5ad"))
-        folder = save_cells(anndata_to_dataset(adata, label_column="cell_type"), tmp_path / "cells_dataset")
-        scinterpreter.train.main(["--dataset", str(folder), "--streaming", "true", "--backbone", str(backbone),
-                                  "--num_backbone_layers", "0", "--gene_encoder", "random", "--n_top_genes", "4",
-                                  "--backbone_dtype", "float32", "--max_steps", "1", "--output_dir",
-                                  str(tmp_path / "run")])
-    assert len(checks) == 1
