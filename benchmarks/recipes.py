@@ -128,7 +128,7 @@ def load_cells(dataset, split, split_file, fold, bundle):
 def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     from transformers import set_seed
 
-    from scinterpreter.calibration import expected_calibration_error, softmax
+    from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax
     from scinterpreter.training import Recipe, ScInterpreterTrainingArguments, fit
 
     started = time.perf_counter()
@@ -161,11 +161,16 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 logits = logits.float().numpy()
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
-                metrics["test_ece_after"] = round(expected_calibration_error(
-                    softmax(logits, calibration["temperature"]), references), 4)
+                calibrated = softmax(logits, calibration["temperature"])
+                metrics["test_ece_after"] = round(expected_calibration_error(calibrated, references), 4)
+                metrics["test_ece_floor"] = round(calibrated_ece_floor(calibrated), 4)
             return metrics
 
         metrics = scores(result.processor, result.calibration)
+        trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
+        metrics["test_embedding_probe"] = embedding_probe(
+            result, take(expression, train[trained]), train_labels[trained], test_cells, references, gene_names,
+            args.per_device_eval_batch_size)
         # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
         # test cells, as a user annotating another batch or species could do with `processor.fit`.
         metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells, gene_names=gene_names))
@@ -177,7 +182,8 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "test_reference_refit": metrics["test_reference_refit"],
-        **{k: metrics[k] for k in ("test_ece_before", "test_ece_after") if k in metrics},
+        "test_embedding_probe": metrics["test_embedding_probe"],
+        **{k: metrics[k] for k in ("test_ece_before", "test_ece_after", "test_ece_floor") if k in metrics},
         "calibration": result.calibration,
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
         "train_seconds": round(result.train_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
@@ -188,6 +194,28 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         "device": str(result.model.device), "backbone_dtype": str(result.model.model.backbone_dtype),
         "epochs": epochs,
     }
+
+
+def embedding_probe(result, train_cells, train_labels, test_cells, references, gene_names, batch_size) -> dict:
+    """Logistic regression (L2, C=1, on standardised features; plain and class-balanced) fitted on the trained model's
+    cell embeddings of its own training cells and scored on the test cells: paired with the model's head on the same
+    run, so that the two differ by the head alone and not by the seed."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def embed(cells):
+        return predict(result.model, result.processor(cells, gene_names=gene_names, return_tensors="pt"),
+                       batch_size)[1].numpy()
+
+    train_ids = np.array([result.label2id[label] for label in train_labels])
+    train_features = embed(train_cells)
+    scaler = StandardScaler().fit(train_features)
+    train_features, test_features = scaler.transform(train_features), scaler.transform(embed(test_cells))
+    probe = {}
+    for name, class_weight in (("plain", None), ("balanced", "balanced")):
+        classifier = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight).fit(train_features, train_ids)
+        probe[name] = score(references, classifier.predict(test_features))
+    return probe
 
 
 def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):

@@ -105,6 +105,9 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
     calibration_text = ("Probabilities are calibrated: temperature {temperature} fitted on the validation cells; "
                         "expected calibration error (15 bins) on the test cells {test_ece_before:.3f} before, "
                         "{test_ece_after:.3f} after.".format(**calibration)) if "test_ece_after" in calibration else ""
+    if "test_ece_floor" in calibration:
+        calibration_text += (" A perfectly calibrated model would show about {test_ece_floor:.3f} on as many cells "
+                             "(sampling noise).".format(**calibration))
     if calibration.get("test_unassigned_fraction") is not None:
         calibration_text += (
             " With `threshold=\"auto\"` the pipeline calls a cell `Unassigned` when its {unassigned_score} falls "

@@ -214,20 +214,21 @@ def draw(plot, *args, **kwargs):
 
 
 def test_calibration(logits, references, calibration: dict, model, cell_embeddings=None) -> dict:
-    """Expected calibration error (15 bins) of the test cells before and after the validation temperature, and the
-    fraction of test cells the fitted Unassigned threshold would flag (its score may need their `cell_embeddings`)."""
+    """Expected calibration error (15 bins) of the test cells before and after the validation temperature, the ECE
+    that a perfectly calibrated model would show on as many cells (`test_ece_floor`), and the fraction of test cells the fitted Unassigned threshold would flag (its score may need their `cell_embeddings`)."""
     import torch
 
-    from .calibration import expected_calibration_error, softmax
+    from .calibration import calibrated_ece_floor, expected_calibration_error, softmax
 
     if not calibration:
         return {}
+    calibrated = softmax(logits, calibration["temperature"])
     embeddings = None if cell_embeddings is None else torch.as_tensor(cell_embeddings)
     flagged = model.confidence(torch.as_tensor(logits), embeddings).numpy() < model.config.unassigned_threshold
     return {**calibration,
             "test_ece_before": round(expected_calibration_error(softmax(logits), references), 4),
-            "test_ece_after": round(expected_calibration_error(softmax(logits, calibration["temperature"]),
-                                                               references), 4),
+            "test_ece_after": round(expected_calibration_error(calibrated, references), 4),
+            "test_ece_floor": round(calibrated_ece_floor(calibrated), 4),
             "test_unassigned_fraction": round(float(flagged.mean()), 4),
             "test_accuracy_of_assigned": round(float((logits.argmax(-1) == references)[~flagged].mean()), 4)
             if (~flagged).any() else None}

@@ -97,15 +97,17 @@ def write_records(records: dict):
     lines = ["# Shipped models (`scinterpreter/models/`)", "",
              f"`python scripts/train_model_zoo.py` ({date.today()}, this CPU): `train.py` with the default recipe, seed "
              "0, `--adapter_only`, on the training cells of the shared fixed split; test figures on that split's "
-             "held-out test cells (their names ship as `held_out_cells.json`).", "",
+             "held-out test cells (their names ship as `held_out_cells.json`). The ECE floor is what a perfectly "
+             "calibrated model with the same probabilities would show on as many cells (sampling noise).", "",
              "| model | trained on | train / validation / test cells | test accuracy | test macro-F1 | test ECE "
-             "before / after calibration | training | folder size |", "|---|---|---|---|---|---|---|---|"]
+             "before / after calibration (floor) | training | folder size |", "|---|---|---|---|---|---|---|---|"]
     for record in records.values():
         test, calibration = record["test"], record["calibration"]
         lines.append(f"| `{record['name']}` | {record['dataset']} | {record['n_train_cells']} / "
                      f"{record['n_validation_cells']} / {record['n_test_cells']} | {test['accuracy']:.3f} | "
                      f"{test['macro_f1']:.3f} | {calibration.get('test_ece_before', float('nan')):.3f} / "
-                     f"{calibration.get('test_ece_after', float('nan')):.3f} | {record['train_seconds'] / 60:.1f} min "
+                     f"{calibration.get('test_ece_after', float('nan')):.3f} "
+                     f"({calibration.get('test_ece_floor', float('nan')):.3f}) | {record['train_seconds'] / 60:.1f} min "
                      f"({record['backbone_dtype']}) | {record['size_mb']:.1f} MB |")
     lines += ["", "Commands:", ""] + [f"    {record['command']}" for record in records.values()]
     (REPO / "docs/benchmarks/model_zoo.md").write_text("\n".join(lines) + "\n")

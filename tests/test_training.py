@@ -161,6 +161,20 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     assert before > 0.15 and after < 0.05
 
 
+def test_the_ece_floor_is_what_a_calibrated_model_shows_on_as_many_cells():
+    from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax
+
+    rng = np.random.default_rng(1)
+    probabilities = softmax(3 * rng.normal(size=(200, 5)))
+    # Labels drawn from the probabilities themselves: a perfectly calibrated model, whose ECE is sampling noise only.
+    drawn = [expected_calibration_error(probabilities, [rng.choice(5, p=p) for p in probabilities])
+             for _ in range(100)]
+    floor = calibrated_ece_floor(probabilities)
+    assert floor == pytest.approx(np.mean(drawn), rel=0.15)
+    assert 0.02 < floor < 0.1  # 200 cells: far from 0
+    assert calibrated_ece_floor(np.tile(probabilities, (50, 1))) < floor / 4  # 50x the cells, about 1/7 the noise
+
+
 @pytest.mark.slow
 def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp_path, backbone, monkeypatch):
     from transformers import pipeline
