@@ -155,8 +155,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
         references = np.array([result.label2id[label] for label in labels[keep]])
 
         def scores(processor, calibration=None):
+            """The test cells' metrics and cell embeddings through `processor`."""
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
-            logits, _ = predict(result.model, inputs, args.per_device_eval_batch_size)
+            logits, embeddings = predict(result.model, inputs, args.per_device_eval_batch_size)
             metrics = score(references, logits.argmax(-1).numpy())
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 logits = logits.float().numpy()
@@ -164,16 +165,17 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
                 calibrated = softmax(logits, calibration["temperature"])
                 metrics["test_ece_after"] = round(expected_calibration_error(calibrated, references), 4)
                 metrics["test_ece_floor"] = round(calibrated_ece_floor(calibrated), 4)
-            return metrics
+            return metrics, embeddings.numpy()
 
-        metrics = scores(result.processor, result.calibration)
+        metrics, test_embeddings = scores(result.processor, result.calibration)
         trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
         metrics["test_embedding_probe"] = embedding_probe(
-            result, take(expression, train[trained]), train_labels[trained], test_cells, references, gene_names,
+            result, take(expression, train[trained]), train_labels[trained], test_embeddings, references, gene_names,
             args.per_device_eval_batch_size)
         # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
         # test cells, as a user annotating another batch or species could do with `processor.fit`.
-        metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells, gene_names=gene_names))
+        metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells,
+                                                                                    gene_names=gene_names))[0]
     epochs = [{key.removeprefix("eval_"): round(value, 4) if isinstance(value, float) else value
                for key, value in entry.items() if key.startswith(("eval_validation_", "eval_test_", "epoch", "loss"))
                and not key.endswith(("runtime", "per_second"))}
@@ -196,21 +198,18 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     }
 
 
-def embedding_probe(result, train_cells, train_labels, test_cells, references, gene_names, batch_size) -> dict:
+def embedding_probe(result, train_cells, train_labels, test_embeddings, references, gene_names, batch_size) -> dict:
     """Logistic regression (L2, C=1, on standardised features; plain and class-balanced) fitted on the trained model's
-    cell embeddings of its own training cells and scored on the test cells: paired with the model's head on the same
-    run, so that the two differ by the head alone and not by the seed."""
+    cell embeddings of its own training cells and scored on the test cells' (`test_embeddings`): paired with the
+    model's head on the same run, so that the two differ by the head alone and not by the seed."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    def embed(cells):
-        return predict(result.model, result.processor(cells, gene_names=gene_names, return_tensors="pt"),
-                       batch_size)[1].numpy()
-
+    train_features = predict(result.model, result.processor(train_cells, gene_names=gene_names, return_tensors="pt"),
+                             batch_size)[1].numpy()
     train_ids = np.array([result.label2id[label] for label in train_labels])
-    train_features = embed(train_cells)
     scaler = StandardScaler().fit(train_features)
-    train_features, test_features = scaler.transform(train_features), scaler.transform(embed(test_cells))
+    train_features, test_features = scaler.transform(train_features), scaler.transform(test_embeddings)
     probe = {}
     for name, class_weight in (("plain", None), ("balanced", "balanced")):
         classifier = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight).fit(train_features, train_ids)

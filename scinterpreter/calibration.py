@@ -26,14 +26,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
 
 
+def confidence_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Each cell's bin among `n_bins` equal-width confidence bins over [0, 1] (right edges inclusive)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """ECE: the gap between confidence (top probability) and accuracy, averaged over `n_bins` equal-width
     confidence bins weighted by their cells."""
     probabilities, labels = np.asarray(probabilities), np.asarray(labels)
     confidence, predicted = probabilities.max(-1), probabilities.argmax(-1)
     correct = predicted == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = confidence_bins(confidence, n_bins)
     error = 0.0
     for b in range(n_bins):
         members = bins == b
@@ -47,8 +52,7 @@ def calibrated_ece_floor(probabilities: np.ndarray, n_bins: int = ECE_BINS, n_dr
     mean ECE over `n_draws` label sets in which each cell's top class is right with its own top probability. On a few
     hundred cells it is well above 0, so a measured ECE near it is as good as this test set can show."""
     confidence = np.asarray(probabilities).max(-1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = confidence_bins(confidence, n_bins)
     correct = np.random.default_rng(seed).random((n_draws, len(confidence))) < confidence
     error = np.zeros(n_draws)
     for b in np.unique(bins):
@@ -62,8 +66,7 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int 
     probabilities, labels = np.asarray(probabilities), np.asarray(labels)
     confidence = probabilities.max(-1)
     correct = probabilities.argmax(-1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = confidence_bins(confidence, n_bins)
     return [(float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
             for b in range(n_bins) if (bins == b).any()]
 

@@ -215,7 +215,8 @@ def draw(plot, *args, **kwargs):
 
 def test_calibration(logits, references, calibration: dict, model, cell_embeddings=None) -> dict:
     """Expected calibration error (15 bins) of the test cells before and after the validation temperature, the ECE
-    that a perfectly calibrated model would show on as many cells (`test_ece_floor`), and the fraction of test cells the fitted Unassigned threshold would flag (its score may need their `cell_embeddings`)."""
+    that a perfectly calibrated model would show on as many cells (`test_ece_floor`), and the fraction of test cells
+    the fitted Unassigned threshold would flag (its score may need their `cell_embeddings`)."""
     import torch
 
     from .calibration import calibrated_ece_floor, expected_calibration_error, softmax

@@ -103,7 +103,7 @@ def test_model_card_gives_the_calibration_figures_of_the_results(tmp_path, calib
 
     from scinterpreter.model_card import write_model_card
 
-    # The shipped pancreas-human model's figures (scinterpreter/models/pancreas-human/metrics.json).
+    # Figures of an earlier shipped pancreas-human model (its metrics.json), with a floor added.
     calibration = {"temperature": 1.6071, "test_ece_before": 0.0355, "test_ece_after": 0.0166,
                    "unassigned_score": "max_probability", "unassigned_threshold": 0.703977,
                    "test_unassigned_fraction": 0.0326, "test_accuracy_of_assigned": 0.9687, "test_ece_floor": 0.0123}
