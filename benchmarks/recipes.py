@@ -125,7 +125,7 @@ def load_cells(dataset, split, split_file, fold, bundle):
     return matrix, list(data["gene_names"]), data["labels"].astype(str), data[f"{split}.train"], data[f"{split}.test"]
 
 
-def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
+def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None) -> dict:
     from transformers import set_seed
 
     from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax
@@ -159,6 +159,8 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
             logits, embeddings = predict(result.model, inputs, args.per_device_eval_batch_size)
             metrics = score(references, logits.argmax(-1).numpy())
+            if logits_dir and calibration:  # the run's test logits, for ensembles over seeds (seed_ensemble.py)
+                save_test_logits(logits_dir, job, logits, references, keep, result, calibration)
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 logits = logits.float().numpy()
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
@@ -198,6 +200,19 @@ def run_job(job: dict, bundle=None, device=None, overrides=None) -> dict:
     }
 
 
+def save_test_logits(logits_dir, job, logits, references, test_cells, result, calibration) -> None:
+    """One run's test logits (float32), reference label ids and test cell positions as safetensors; the label order and
+    the validation temperature in its metadata."""
+    from safetensors.numpy import save_file
+
+    Path(logits_dir).mkdir(parents=True, exist_ok=True)
+    name = f"{job['option']}__{job['dataset']}__{job['split']}__seed{job['seed']}.safetensors"
+    labels = sorted(result.label2id, key=result.label2id.get)
+    save_file({"logits": logits.float().numpy(), "references": references.astype(np.int64),
+               "test_cells": np.asarray(test_cells, dtype=np.int64)}, str(Path(logits_dir) / name),
+              metadata={"labels": json.dumps(labels), "temperature": json.dumps(calibration["temperature"])})
+
+
 def embedding_probe(result, train_cells, train_labels, test_embeddings, references, gene_names, batch_size) -> dict:
     """Logistic regression (L2, C=1, on standardised features; plain and class-balanced) fitted on the trained model's
     cell embeddings of its own training cells and scored on the test cells' (`test_embeddings`): paired with the
@@ -217,7 +232,7 @@ def embedding_probe(result, train_cells, train_labels, test_embeddings, referenc
     return probe
 
 
-def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
+def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides, logits_dir=None):
     import torch
 
     torch.set_num_threads(threads)
@@ -230,7 +245,7 @@ def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides):
                 return
             job = jobs.pop(0)
         try:
-            record = run_job(job, bundle, device, overrides)
+            record = run_job(job, bundle, device, overrides, logits_dir)
         except Exception as error:  # one failed job must not stop the screen
             record = {**{k: job[k] for k in ("option", "dataset", "split", "seed")}, "error": repr(error)[:500]}
         record["host"] = platform.node()
@@ -282,6 +297,8 @@ def main(argv=None):
     parser.add_argument("--deadline", type=float, default=0, help="start no run after this many seconds")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a field in every run (JSON values), e.g. num_train_epochs=1 for a smoke test")
+    parser.add_argument("--logits_dir", default=None,
+                        help="also save each run's test logits here (safetensors), for benchmarks/seed_ensemble.py")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -298,14 +315,15 @@ def main(argv=None):
     deadline = time.time() + args.deadline if args.deadline else 0
     if args.workers == 1:
         _worker(jobs, args.out, multiprocessing.Lock(), args.bundle, args.device, os.cpu_count() or 1, deadline,
-                overrides)
+                overrides, args.logits_dir)
         return
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     shared_jobs, lock = manager.list(jobs), manager.Lock()
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     workers = [context.Process(target=_worker, args=(shared_jobs, args.out, lock, args.bundle, args.device, threads,
-                                                     deadline, overrides)) for _ in range(args.workers)]
+                                                     deadline, overrides, args.logits_dir))
+               for _ in range(args.workers)]
     for worker in workers:
         worker.start()
     for worker in workers:

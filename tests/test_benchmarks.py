@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,27 @@ def test_a_run_of_an_older_default_is_not_taken_for_todays(tmp_path, monkeypatch
     out.write_text(json.dumps({**record, "recipe": today}) + "\n")
     assert recipes.make_jobs(["lora8"], None, [0], skip_done=out) == []
     assert len(recipes.make_jobs(["lora8"], None, [0, 1], skip_done=out)) == 1
+
+
+def test_seed_ensemble_averages_the_seeds_calibrated_probabilities(tmp_path):
+    from safetensors.numpy import save_file
+
+    seed_ensemble = benchmark("seed_ensemble")
+    references = np.array([0, 1, 2, 0, 1, 2])
+    for seed in range(3):  # each seed gets a different cell wrong, by a small margin; the other two outvote it
+        logits = np.eye(3, dtype=np.float32)[references] * 2.0
+        logits[seed, (references[seed] + 1) % 3] = 2.5
+        save_file({"logits": logits, "references": references, "test_cells": np.arange(6)},
+                  str(tmp_path / f"default__d__fixed__seed{seed}.safetensors"),
+                  metadata={"labels": json.dumps(["a", "b", "c"]), "temperature": json.dumps(1.0 + seed)})
+    runs = seed_ensemble.load_runs(tmp_path)
+    probabilities = runs[("default", "d", "fixed")][1][0]
+    assert np.allclose(probabilities[1].sum(), 1.0) and probabilities[1].max() < 0.5  # temperature 2 applied
+    row = seed_ensemble.ensemble_scores(runs[("default", "d", "fixed")])
+    assert row["single_accuracy"] == {0: round(5 / 6, 4), 1: round(5 / 6, 4), 2: round(5 / 6, 4)}
+    assert row["ensemble_accuracy"] == 1.0 and row["ensemble_macro_f1"] == 1.0
+    saved = {"meta": {"command": "c", "date": "2000-01-01"}, "rows": [{"option": "default", "dataset": "d",
+                                                                       "split": "fixed", **row}],
+             "best_logistic_regression": [{"dataset": "d", "split": "fixed", "macro_f1": 0.9}]}
+    assert "| default | d | fixed | 0: 0.822, 1: 0.822, 2: 0.822 | 0.822 |" in seed_ensemble.render(saved)
+    assert "+0.178 macro-F1" in seed_ensemble.render(json.loads(json.dumps(saved)))
