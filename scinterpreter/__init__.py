@@ -1,8 +1,9 @@
 """scInterpreter: a frozen Llama reads a cell's top genes as soft tokens and names its cell type.
 
 The model itself lives in the top-level Hub files (`configuration_scinterpreter.py`, `modeling_scinterpreter.py`,
-`loading_scinterpreter.py`, `gene_matching_scinterpreter.py`, `processing_scinterpreter.py`,
-`pipeline_scinterpreter.py`; listed in `safety.REMOTE_CODE_FILES`); this package holds what builds and trains it.
+`loading_scinterpreter.py`, `gene_matching_scinterpreter.py`, `features_scinterpreter.py`,
+`processing_scinterpreter.py`, `pipeline_scinterpreter.py`; listed in `safety.REMOTE_CODE_FILES`); this package holds
+what builds and trains it.
 """
 
 from .backbone import DEFAULT_BACKBONE, load_backbone, resolve_backbone

@@ -6,7 +6,8 @@ from pathlib import Path
 # The top-level files that are the model: installed as modules (pyproject.toml's py-modules), copied into every saved
 # folder (build.save_model_folder, models.path) and run as Hub remote code; the other lists derive from this one.
 REMOTE_CODE_FILES = ("configuration_scinterpreter.py", "modeling_scinterpreter.py", "loading_scinterpreter.py",
-                     "gene_matching_scinterpreter.py", "processing_scinterpreter.py", "pipeline_scinterpreter.py")
+                     "gene_matching_scinterpreter.py", "features_scinterpreter.py", "processing_scinterpreter.py",
+                     "pipeline_scinterpreter.py")
 FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "httpx", "aiohttp", "ftplib", "smtplib",
                      "webbrowser", "huggingface_hub", "pickle", "dill", "marshal", "shelve", "joblib", "ctypes",
                      "multiprocessing", "pty", "shutil"}

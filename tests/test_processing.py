@@ -4,6 +4,7 @@ import torch
 from conftest import GENES
 from transformers import AutoProcessor
 
+from features_scinterpreter import reference_vector, top_genes
 from processing_scinterpreter import ScInterpreterProcessor
 
 
@@ -70,6 +71,25 @@ def test_anndata_layer_is_read_instead_of_x(processor, adata, counts):
     a = processor(adata, layer="counts")
     b = processor(counts, gene_names=GENES)
     assert torch.equal(a["gene_ids"], b["gene_ids"])
+
+
+def test_top_genes_ties_unreferenced_genes_exclusion_and_padding():
+    vocab_ids = np.array([1, 3, 4, 7, 9])  # the vocabulary rows of the 5 matched columns
+    values = np.array([[2, 0, 2, 1, 2], [1, 3, 3, 0, 5]], dtype=np.float32)
+    gene_ids, gene_values, gene_mask = top_genes(values, vocab_ids, n_top_genes=6)
+    assert gene_ids.tolist() == [[1, 4, 9, 7, 0, 0], [9, 3, 4, 1, 0, 0]]  # ties in vocabulary order; 6 > 5 padded
+    assert gene_values[0].tolist() == [2, 2, 2, 1, 0, 0] and gene_mask.sum(1).tolist() == [4, 4]
+    reference = reference_vector(10, [1, 3, 4, 7], [0.5, 0.0, 2.5, 0.0])  # row 9 never measured: NaN
+    assert np.isnan(reference[[0, 9]]).all() and reference[4] == 2.5
+    gene_ids, gene_values, gene_mask = top_genes(values, vocab_ids, 6, "excess", "excess", reference)
+    # Row 9 (the second cell's highest) has no reference, row 7 is not expressed there: neither is chosen.
+    assert gene_ids.tolist() == [[1, 7, 4, 0, 0, 0], [3, 1, 4, 0, 0, 0]]
+    assert gene_values.tolist() == [[1.5, 1, -0.5, 0, 0, 0], [3, 0.5, 0.5, 0, 0, 0]]
+    excluded = np.zeros(10, dtype=bool)
+    excluded[3] = True
+    assert top_genes(values, vocab_ids, 6, "excess", "excess", reference, excluded)[0][1].tolist() == [1, 4, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="reference profile"):
+        top_genes(values, vocab_ids, 6, selection="excess")
 
 
 def test_case_insensitive_matching_is_reported(processor):
