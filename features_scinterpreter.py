@@ -1,7 +1,7 @@
 """scInterpreter feature extraction: expression values of the matched genes -> each cell's top genes.
 
-Small numpy functions that `ScInterpreterProcessor` applies chunk by chunk, in this order: read the input
-(`as_matrix`, `check_matrix`, `dense_chunk`), tell raw counts from log-normalised data (`resolve_input_kind`),
+Small numpy functions that `ScInterpreterProcessor` applies in this order: read and check the input once
+(`as_matrix`, `check_matrix`), then chunk by chunk (`dense_chunk`), tell raw counts from log-normalised data (`resolve_input_kind`),
 normalise the matched genes (`normalize`), and keep each cell's `n_top_genes` (`top_genes`), by expression or by
 their excess over the reference profile (`reference_vector`), never one of the `excluded_rows`. AnnData, pandas and
 scipy.sparse inputs are recognised by what they offer, not imported.

@@ -10,9 +10,11 @@ from transformers.utils.logging import tqdm
 
 try:
     from .configuration_scinterpreter import ScInterpreterInputError
+    from .features_scinterpreter import is_anndata
     from .loading_scinterpreter import select_backbone_dtype
 except ImportError:  # imported as a top-level module rather than as Hub remote code
     from configuration_scinterpreter import ScInterpreterInputError
+    from features_scinterpreter import is_anndata
     from loading_scinterpreter import select_backbone_dtype
 
 logger = logging.getLogger(__name__)
@@ -246,9 +248,9 @@ class CellAnnotationPipeline(Pipeline):
                    **preprocess_params, **forward_params, **postprocess_params}
         (gene_names, layer, refit_reference, batch_size, compile_backbone, show_progress, n_explained, top_k, threshold,
          key_added, copy, overwrite, majority_voting, over_clustering) = (options[key] for key in CALL_DEFAULTS)
-        is_anndata = hasattr(expression, "obs") and hasattr(expression, "obsm")
+        given_anndata = is_anndata(expression)
         keys = annotation_keys(key_added, explain=bool(n_explained), majority_voting=majority_voting)
-        if is_anndata:
+        if given_anndata:
             taken = taken_annotation_keys(keys, expression.obs.columns, expression.obsm, expression.uns)
             if taken and not overwrite:
                 raise ScInterpreterInputError(
@@ -258,7 +260,7 @@ class CellAnnotationPipeline(Pipeline):
         encoded = self.preprocess(expression, gene_names=gene_names, layer=layer, refit_reference=refit_reference)
         n_cells = encoded["gene_ids"].shape[0]
         if majority_voting and over_clustering is not None:
-            over_clustering = self._given_clusters(expression, over_clustering, n_cells, is_anndata)
+            over_clustering = self._given_clusters(expression, over_clustering, n_cells, given_anndata)
         starts = range(0, n_cells, batch_size)
         if show_progress or (show_progress is None and n_cells >= PROGRESS_MIN_CELLS):
             starts = tqdm(starts, desc="Annotating cells", unit="batch", total=len(starts))
@@ -291,7 +293,7 @@ class CellAnnotationPipeline(Pipeline):
         n_empty = int((encoded["gene_mask"].sum(-1) == 0).sum())
         if n_empty:
             logger.warning(f"{n_empty} cells express none of the model's genes and are labelled {UNASSIGNED!r}.")
-        if is_anndata:
+        if given_anndata:
             adata = expression.copy() if copy else expression
             obs, obsm = keys["obs"], keys["obsm"]
             adata.obs[obs["label"]] = [result["label"] for result in results]
@@ -343,11 +345,11 @@ class CellAnnotationPipeline(Pipeline):
         return copy.deepcopy(self.processor).fit(expression, gene_names=gene_names, layer=layer)
 
     @staticmethod
-    def _given_clusters(expression, over_clustering, n_cells, is_anndata):
+    def _given_clusters(expression, over_clustering, n_cells, given_anndata):
         """The user's clusters, one per cell, from an `obs` column name or an array."""
         if isinstance(over_clustering, str):
-            if not is_anndata or over_clustering not in expression.obs.columns:
-                columns = list(expression.obs.columns) if is_anndata else "no obs: the input is not an AnnData"
+            if not given_anndata or over_clustering not in expression.obs.columns:
+                columns = list(expression.obs.columns) if given_anndata else "no obs: the input is not an AnnData"
                 raise ScInterpreterInputError(
                     f"over_clustering={over_clustering!r} is not an obs column (columns: {columns}); pass one of them, "
                     "one cluster id per cell, or None to cluster the cell embeddings."

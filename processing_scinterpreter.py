@@ -150,8 +150,9 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
 
     def excluded_vocab_rows(self) -> np.ndarray:
         """Boolean mask over the vocabulary: the genes `exclude_genes` keeps out of every cell's top genes."""
-        key = (self.exclude_genes, len(self.gene_vocab))
-        return self._cached("_excluded", key, lambda: excluded_rows(self.gene_vocab, self.exclude_genes))
+        key = (self.exclude_genes, len(self.gene_vocab), id(self.gene_vocab))
+        return self._cached("_excluded", key, lambda: excluded_rows(self.gene_vocab, self.exclude_genes),
+                            (self.gene_vocab,))
 
     def reference_profile(self) -> np.ndarray:
         """The fitted reference as a vector over the vocabulary: mean log-normalised expression, NaN where unknown."""

@@ -169,15 +169,16 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             return metrics, embeddings.numpy(), test_logits
 
         metrics, test_embeddings, test_logits = scores(result.processor, result.calibration)
-        if logits_dir:  # for ensembles over seeds (seed_ensemble.py), which refit the temperature on the validation cells
+        if logits_dir:  # for ensembles over seeds (seed_ensemble.py); each member keeps its own validation temperature
+            arrays = {"logits": test_logits, "references": references, "test_cells": keep}
             validation = train[result.validation_cells]
-            validation_logits = predict(result.model, result.processor(take(expression, validation),
-                                                                       gene_names=gene_names, return_tensors="pt"),
-                                        args.per_device_eval_batch_size)[0].numpy()
-            save_run_logits(logits_dir, job, result, {
-                "logits": test_logits, "references": references, "test_cells": keep,
-                "validation_logits": validation_logits, "validation_cells": validation,
-                "validation_references": np.array([result.label2id[label] for label in labels[validation]])})
+            if len(validation):  # kept for an ensemble temperature fitted on cells that every member held out
+                arrays["validation_logits"] = predict(
+                    result.model, result.processor(take(expression, validation), gene_names=gene_names,
+                                                   return_tensors="pt"), args.per_device_eval_batch_size)[0].numpy()
+                arrays["validation_cells"] = validation
+                arrays["validation_references"] = np.array([result.label2id[label] for label in labels[validation]])
+            save_run_logits(logits_dir, job, result, arrays)
         trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
         metrics["test_embedding_probe"] = embedding_probe(
             result, take(expression, train[trained]), train_labels[trained], test_embeddings, references, gene_names,
@@ -307,7 +308,8 @@ def main(argv=None):
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a field in every run (JSON values), e.g. num_train_epochs=1 for a smoke test")
     parser.add_argument("--logits_dir", default=None,
-                        help="also save each run's test logits here (safetensors), for benchmarks/seed_ensemble.py")
+                        help="also save each run's test and validation logits here (safetensors), for "
+                             "benchmarks/seed_ensemble.py")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:

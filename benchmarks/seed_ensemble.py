@@ -1,5 +1,6 @@
 """Does averaging the predictions of models trained with different seeds beat one model? Reads the test logits that
-`benchmarks/recipes.py --logits_dir` saves per run and, per split, compares each seed alone with the ensemble of all
+`benchmarks/recipes.py --logits_dir` saves per run (beside the validation cells' logits, unused here: each seed holds
+out other validation cells, so an ensemble temperature could be fitted only on the few that every seed held out) and, per split, compares each seed alone with the ensemble of all
 its seeds (mean of the temperature-scaled probabilities): the variance lever, measured without a new training.
 
     python benchmarks/recipes.py --splits lobo_5p --seeds 0 1 2 --out benchmarks/records/recipes_cpu_seed_ensemble.jsonl \

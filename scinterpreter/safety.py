@@ -66,9 +66,13 @@ def scan_source(source: str, filename: str = "<source>") -> list[str]:
 
 
 def scan_remote_code(folder=REPO) -> list[str]:
-    """Scans the remote-code files in `folder` (the repo, or a saved model folder)."""
+    """Scans the remote-code files in `folder` (the repo, or a saved model folder; one saved before a file existed
+    lacks it, and a missing file is reported, not scanned)."""
     findings = []
     for name in REMOTE_CODE_FILES:
         path = Path(folder) / name
+        if not path.exists():
+            findings.append(f"{name}: missing")
+            continue
         findings += scan_source(path.read_text(encoding="utf-8"), name)
     return findings

@@ -34,3 +34,9 @@ def test_torch_load_with_weights_only_is_allowed():
 
 # A folder with a pickle instead of safetensors, a damaged weights file, a config that does not match the weights
 # and a folder without a config: rows of the bad-input table (tests/test_reliability.py).
+
+
+def test_a_folder_saved_before_a_remote_code_file_existed_is_reported_not_a_crash(tmp_path):
+    for name in REMOTE_CODE_FILES[:-1]:
+        (tmp_path / name).write_text((REPO / name).read_text())
+    assert scan_remote_code(tmp_path) == [f"{REMOTE_CODE_FILES[-1]}: missing"]
