@@ -28,7 +28,7 @@ def benchmark(name):
 
 # The scripts that render a report from its JSON: script -> the checked-in reports it renders.
 RENDERED = {"gene_encoders": ["gene_encoders"], "scale": ["scale", "scale_default_depth"], "speed": ["speed"],
-            "cross_species": ["cross_species"], "unknown_types": ["unknown_types"]}
+            "cross_species": ["cross_species"], "unknown_types": ["unknown_types"], "seed_ensemble": ["seed_ensemble"]}
 
 
 @pytest.mark.parametrize("script,report", [(s, r) for s, reports in RENDERED.items() for r in reports])
