@@ -37,7 +37,7 @@ from scinterpreter.build import build_processor  # noqa: E402
 from scinterpreter.genes import build_gene_table  # noqa: E402
 from scinterpreter.plots import genept_w  # noqa: E402
 from recipes import option_against_today  # noqa: E402
-from splits import load_split, score, splits  # noqa: E402
+from splits import best_logistic_regression, load_split, score, splits  # noqa: E402
 
 OUT = REPO / "docs" / "benchmarks"
 RECORDS = REPO / "benchmarks" / "records"
@@ -171,11 +171,7 @@ def write_markdown(records, meta, path):
         mean_cells.append(f"{np.mean(values):.3f} ({len(values)})")
     lines.append("| **mean macro-F1 (splits)** | | " + " | ".join(mean_cells) + " |")
 
-    best_lr = {}
-    for r in means:
-        if r["method"].startswith("logistic"):
-            key = (r["dataset"], r["split"])
-            best_lr[key] = max(best_lr.get(key, 0), r["macro_f1"])
+    best_lr = best_logistic_regression(means)
     for compared in [m for m in methods if m.startswith("scInterpreter")]:
         covered = [(d, s) for d, s in rows if (d, s, compared) in score]
         gaps = [score[d, s, compared]["macro_f1"] - best_lr[d, s] for d, s in covered]

@@ -158,27 +158,18 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             """The test cells' metrics, cell embeddings and logits through `processor`."""
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
             logits, embeddings = predict(result.model, inputs, args.per_device_eval_batch_size)
-            metrics = score(references, logits.argmax(-1).numpy())
-            test_logits = logits.numpy()
+            logits = logits.numpy()  # float32 (`predict`)
+            metrics = score(references, logits.argmax(-1))
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
-                logits = logits.float().numpy()
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
                 calibrated = softmax(logits, calibration["temperature"])
                 metrics["test_ece_after"] = round(expected_calibration_error(calibrated, references), 4)
                 metrics["test_ece_floor"] = round(calibrated_ece_floor(calibrated), 4)
-            return metrics, embeddings.numpy(), test_logits
+            return metrics, embeddings.numpy(), logits
 
         metrics, test_embeddings, test_logits = scores(result.processor, result.calibration)
         if logits_dir:  # for ensembles over seeds (seed_ensemble.py); each member keeps its own validation temperature
-            arrays = {"logits": test_logits, "references": references, "test_cells": keep}
-            validation = train[result.validation_cells]
-            if len(validation):  # kept for an ensemble temperature fitted on cells that every member held out
-                arrays["validation_logits"] = predict(
-                    result.model, result.processor(take(expression, validation), gene_names=gene_names,
-                                                   return_tensors="pt"), args.per_device_eval_batch_size)[0].numpy()
-                arrays["validation_cells"] = validation
-                arrays["validation_references"] = np.array([result.label2id[label] for label in labels[validation]])
-            save_run_logits(logits_dir, job, result, arrays)
+            save_run_logits(logits_dir, job, result, test_logits, references, keep)
         trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
         metrics["test_embedding_probe"] = embedding_probe(
             result, take(expression, train[trained]), train_labels[trained], test_embeddings, references, gene_names,
@@ -209,16 +200,17 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
     }
 
 
-def save_run_logits(logits_dir, job, result, arrays: dict) -> None:
-    """One run's logits (float32), reference label ids and cell positions, of the test and the validation cells, as
-    safetensors; the label order and the validation temperature in its metadata."""
+def save_run_logits(logits_dir, job, result, logits, references, test_cells) -> None:
+    """One run's test logits (float32), reference label ids and test cell positions as safetensors; the label order
+    and the validation temperature in its metadata."""
     from safetensors.numpy import save_file
 
     Path(logits_dir).mkdir(parents=True, exist_ok=True)
     name = f"{job['option']}__{job['dataset']}__{job['split']}__seed{job['seed']}.safetensors"
     labels = sorted(result.label2id, key=result.label2id.get)
-    save_file({key: np.ascontiguousarray(value, dtype=np.float32 if "logits" in key else np.int64)
-               for key, value in arrays.items()}, str(Path(logits_dir) / name),
+    save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32),
+               "references": np.asarray(references, dtype=np.int64),
+               "test_cells": np.asarray(test_cells, dtype=np.int64)}, str(Path(logits_dir) / name),
               metadata={"labels": json.dumps(labels), "temperature": json.dumps((result.calibration or {}).get(
                   "temperature", 1.0))})
 
@@ -308,8 +300,7 @@ def main(argv=None):
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a field in every run (JSON values), e.g. num_train_epochs=1 for a smoke test")
     parser.add_argument("--logits_dir", default=None,
-                        help="also save each run's test and validation logits here (safetensors), for "
-                             "benchmarks/seed_ensemble.py")
+                        help="also save each run's test logits here (safetensors), for benchmarks/seed_ensemble.py")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:

@@ -1,7 +1,8 @@
 """Does averaging the predictions of models trained with different seeds beat one model? Reads the test logits that
-`benchmarks/recipes.py --logits_dir` saves per run (beside the validation cells' logits, unused here: each seed holds
-out other validation cells, so an ensemble temperature could be fitted only on the few that every seed held out) and, per split, compares each seed alone with the ensemble of all
-its seeds (mean of the temperature-scaled probabilities): the variance lever, measured without a new training.
+`benchmarks/recipes.py --logits_dir` saves per run and, per split, compares each seed alone with the ensemble of all
+its seeds (mean of the temperature-scaled probabilities): the variance lever, measured without a new training. Each
+member keeps its own validation temperature: the seeds hold out different validation cells, so none is clean for a
+temperature of the average.
 
     python benchmarks/recipes.py --splits lobo_5p --seeds 0 1 2 --out benchmarks/records/recipes_cpu_seed_ensemble.jsonl \
         --logits_dir benchmarks/records/test_logits
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from splits import score  # noqa: E402
+from splits import best_logistic_regression, score  # noqa: E402
 
 from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax  # noqa: E402
 
@@ -73,16 +74,6 @@ def ensemble_scores(seeds: dict) -> dict:
     }
 
 
-def best_logistic_regression(results_json) -> dict:
-    """`{(dataset, split): macro-F1}` of the better logistic regression (L1 or L2) in results.json."""
-    best = {}
-    for row in json.loads(Path(results_json).read_text()):
-        if row["method"].startswith("logistic regression"):
-            key = (row["dataset"], row["split"])
-            best[key] = max(best.get(key, 0.0), row["macro_f1"])
-    return best
-
-
 def render(saved: dict) -> str:
     """The Markdown report of a saved JSON (`{"meta", "best_logistic_regression", "rows"}`)."""
     logistic = {(row["dataset"], row["split"]): row["macro_f1"] for row in saved["best_logistic_regression"]}
@@ -132,7 +123,8 @@ def main(argv=None):
     command = "python benchmarks/seed_ensemble.py " + " ".join(argv if argv is not None else sys.argv[1:])
     saved = {"meta": {"command": command, "date": datetime.date.today().isoformat()},
              "best_logistic_regression": [{"dataset": d, "split": s, "macro_f1": f}
-                                          for (d, s), f in sorted(best_logistic_regression(args.results).items())],
+                                          for (d, s), f in sorted(best_logistic_regression(
+                                              json.loads(Path(args.results).read_text())).items())],
              "rows": rows}
     if args.out is None:
         print(render(saved))

@@ -50,6 +50,17 @@ def predict(model, inputs, batch_size=64):
     return torch.cat(logits), torch.cat(embeddings)
 
 
+def best_logistic_regression(records) -> dict:
+    """`{(dataset, split): macro-F1}` of the better logistic regression (L1 or L2) among result `records` (dicts with
+    `method`, `dataset`, `split`, `macro_f1`, as in docs/benchmarks/results.json)."""
+    best = {}
+    for record in records:
+        if record["method"].startswith("logistic regression"):
+            key = (record["dataset"], record["split"])
+            best[key] = max(best.get(key, 0.0), record["macro_f1"])
+    return best
+
+
 def score(references, predicted, labels=None) -> dict:
     """`{"accuracy", "macro_f1"}` of `predicted` against `references` (labels or label ids), rounded to 4 places.
     Macro-F1 averages over `labels` when given (e.g. only the types both sides of a transfer know), else over the
