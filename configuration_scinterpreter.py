@@ -4,6 +4,7 @@ from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
 UNASSIGNED_SCORES = ("max_probability", "energy", "centroid_distance")
+CELL_POOLINGS = ("class_token", "mean", "class_token_and_mean")
 
 
 # Defined here, in the one module every remote-code file imports, so that modeling and loading need not import the
@@ -75,7 +76,8 @@ class ScInterpreterConfig(PretrainedConfig):
         cell_pooling (`str`, *optional*, defaults to `"class_token"`):
             `"class_token"`: the cell embedding is the backbone's output at the class token (the paper).
             `"mean"`: the backbone is skipped and the cell embedding is the mean of the cell's soft tokens
-            (the no-LLM ablation).
+            (the no-LLM ablation). `"class_token_and_mean"`: the class token's output beside the mean of the
+            backbone's outputs at the cell's genes (twice the hidden size; beyond the paper).
         calibration_temperature (`float`, *optional*):
             Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
             logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
@@ -158,8 +160,8 @@ class ScInterpreterConfig(PretrainedConfig):
         self.gene_table_hash = gene_table_hash
         self.label_smoothing = label_smoothing
         self.class_weights = list(class_weights) if class_weights is not None else None
-        if cell_pooling not in ("class_token", "mean"):
-            raise ScInterpreterInputError(f"cell_pooling must be 'class_token' or 'mean', not {cell_pooling!r}.")
+        if cell_pooling not in CELL_POOLINGS:
+            raise ScInterpreterInputError(f"cell_pooling must be one of {CELL_POOLINGS}, not {cell_pooling!r}.")
         self.soft_token_rms = soft_token_rms
         self.gene_offsets = gene_offsets
         if not 0.0 <= float(gene_dropout) < 1.0:

@@ -22,7 +22,8 @@ TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets", "lora_A
 class ScInterpreterModelOutput(ModelOutput):
     r"""
     cell_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-        The backbone's last hidden state at the class token, in float32.
+        The backbone's last hidden state at the class token, in float32 (with `cell_pooling="class_token_and_mean"`,
+        followed by the mean of its last hidden states at the cell's genes: `2 * hidden_size`).
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, n_top_genes + 1, hidden_size)`):
         The backbone's last hidden states at the gene soft tokens and the class token.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
@@ -51,6 +52,11 @@ class CellAnnotationOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     cell_embeddings: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def cell_embedding_size(config: ScInterpreterConfig) -> int:
+    """Width of the cell embedding that the head reads: `"class_token_and_mean"` puts two hidden states side by side."""
+    return config.text_config.hidden_size * (2 if config.cell_pooling == "class_token_and_mean" else 1)
 
 
 class ScInterpreterProjector(nn.Module):
@@ -93,8 +99,9 @@ class ScInterpreterClassificationHead(nn.Module):
 
     def __init__(self, config: ScInterpreterConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(config.text_config.hidden_size) if config.head_norm else nn.Identity()
-        self.dense = nn.Linear(config.text_config.hidden_size, config.head_hidden_size)
+        embedding_size = cell_embedding_size(config)
+        self.norm = nn.LayerNorm(embedding_size) if config.head_norm else nn.Identity()
+        self.dense = nn.Linear(embedding_size, config.head_hidden_size)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(config.head_dropout)
         self.out_proj = nn.Linear(config.head_hidden_size, config.num_labels)
@@ -340,6 +347,10 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         )
         last_hidden_state = outputs.last_hidden_state
         cell_embeddings = last_hidden_state[torch.arange(batch_size, device=gene_ids.device), n_real].float()
+        if self.config.cell_pooling == "class_token_and_mean":
+            gene_weights = (positions[None, :] < n_real[:, None]).to(torch.float32).unsqueeze(-1)
+            gene_mean = (last_hidden_state.float() * gene_weights).sum(1) / gene_weights.sum(1).clamp(min=1)
+            cell_embeddings = torch.cat([cell_embeddings, gene_mean], dim=-1)
         return ScInterpreterModelOutput(
             cell_embeddings=cell_embeddings,
             last_hidden_state=last_hidden_state,
@@ -357,7 +368,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         # Per cell type, the mean unit-length cell embedding of its training cells (`set_cell_type_centroids`), for
         # the `centroid_distance` score. Only a model configured with them has the tensor in its weights; the others
         # (older folders included) hold None here, so their weights load as they were saved.
-        centroids = (torch.zeros(config.num_labels, config.text_config.hidden_size) if config.cell_type_centroids
+        centroids = (torch.zeros(config.num_labels, cell_embedding_size(config)) if config.cell_type_centroids
                      else None)
         self.register_buffer("cell_type_centroids", centroids)
         self.post_init()

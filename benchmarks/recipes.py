@@ -55,6 +55,7 @@ OPTIONS = {
     "no_validation": {"validation_fraction": 0.0},
     "best_by_loss": {"best_epoch_metric": "loss"},
     "no_llm": {"cell_pooling": "mean"},
+    "pool_class_and_mean": {"cell_pooling": "class_token_and_mean"},
     "random_genes": {"gene_encoder": "random"},
 }
 
@@ -125,7 +126,7 @@ def load_cells(dataset, split, split_file, fold, bundle):
     return matrix, list(data["gene_names"]), data["labels"].astype(str), data[f"{split}.train"], data[f"{split}.test"]
 
 
-def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None) -> dict:
+def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None, probes=True) -> dict:
     from transformers import set_seed
 
     from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax
@@ -170,14 +171,15 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
         metrics, test_embeddings, test_logits = scores(result.processor, result.calibration)
         if logits_dir:  # for ensembles over seeds (seed_ensemble.py); each member keeps its own validation temperature
             save_run_logits(logits_dir, job, result, test_logits, references, keep)
-        trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
-        metrics["test_embedding_probe"] = embedding_probe(
-            result, take(expression, train[trained]), train_labels[trained], test_embeddings, references, gene_names,
-            args.per_device_eval_batch_size)
-        # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
-        # test cells, as a user annotating another batch or species could do with `processor.fit`.
-        metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells,
-                                                                                    gene_names=gene_names))[0]
+        if probes:
+            trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
+            metrics["test_embedding_probe"] = embedding_probe(
+                result, take(expression, train[trained]), train_labels[trained], test_embeddings, references,
+                gene_names, args.per_device_eval_batch_size)
+            # Transductive, for the record: the same model with the reference profile refitted on the (unlabelled)
+            # test cells, as a user annotating another batch or species could do with `processor.fit`.
+            metrics["test_reference_refit"] = scores(copy.deepcopy(result.processor).fit(test_cells,
+                                                                                        gene_names=gene_names))[0]
     epochs = [{key.removeprefix("eval_"): round(value, 4) if isinstance(value, float) else value
                for key, value in entry.items() if key.startswith(("eval_validation_", "eval_test_", "epoch", "loss"))
                and not key.endswith(("runtime", "per_second"))}
@@ -185,8 +187,7 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
     return {
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-        "test_reference_refit": metrics["test_reference_refit"],
-        "test_embedding_probe": metrics["test_embedding_probe"],
+        **{k: metrics[k] for k in ("test_reference_refit", "test_embedding_probe") if k in metrics},
         **{k: metrics[k] for k in ("test_ece_before", "test_ece_after", "test_ece_floor") if k in metrics},
         "calibration": result.calibration,
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
@@ -234,7 +235,7 @@ def embedding_probe(result, train_cells, train_labels, test_embeddings, referenc
     return probe
 
 
-def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides, logits_dir=None):
+def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides, logits_dir=None, probes=True):
     import torch
 
     torch.set_num_threads(threads)
@@ -247,7 +248,7 @@ def _worker(jobs, out, lock, bundle, device, threads, deadline, overrides, logit
                 return
             job = jobs.pop(0)
         try:
-            record = run_job(job, bundle, device, overrides, logits_dir)
+            record = run_job(job, bundle, device, overrides, logits_dir, probes)
         except Exception as error:  # one failed job must not stop the screen
             record = {**{k: job[k] for k in ("option", "dataset", "split", "seed")}, "error": repr(error)[:500]}
         record["host"] = platform.node()
@@ -301,6 +302,8 @@ def main(argv=None):
                         help="override a field in every run (JSON values), e.g. num_train_epochs=1 for a smoke test")
     parser.add_argument("--logits_dir", default=None,
                         help="also save each run's test logits here (safetensors), for benchmarks/seed_ensemble.py")
+    parser.add_argument("--no_probes", action="store_true",
+                        help="skip the embedding probe and the refitted-reference scoring (a faster screen)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -317,14 +320,14 @@ def main(argv=None):
     deadline = time.time() + args.deadline if args.deadline else 0
     if args.workers == 1:
         _worker(jobs, args.out, multiprocessing.Lock(), args.bundle, args.device, os.cpu_count() or 1, deadline,
-                overrides, args.logits_dir)
+                overrides, args.logits_dir, not args.no_probes)
         return
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     shared_jobs, lock = manager.list(jobs), manager.Lock()
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     workers = [context.Process(target=_worker, args=(shared_jobs, args.out, lock, args.bundle, args.device, threads,
-                                                     deadline, overrides, args.logits_dir))
+                                                     deadline, overrides, args.logits_dir, not args.no_probes))
                for _ in range(args.workers)]
     for worker in workers:
         worker.start()

@@ -76,7 +76,9 @@ class Recipe:
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update x alpha / rank)."})
     cell_pooling: str = field(
         default="class_token",
-        metadata={"help": "class_token (the paper), or mean: skip the LLM and average the soft tokens (ablation)."},
+        metadata={"help": "class_token (the paper); class_token_and_mean: the class token's output beside the mean of "
+                          "the backbone's outputs at the genes; or mean: skip the LLM and average the soft tokens "
+                          "(ablation)."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_balance: float = field(

@@ -97,7 +97,7 @@ def main(argv=None, callbacks=None):
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
-    if training_args.ddp_find_unused_parameters is None and recipe.cell_pooling == "class_token":
+    if training_args.ddp_find_unused_parameters is None and recipe.cell_pooling != "mean":
         training_args.ddp_find_unused_parameters = False  # every trained parameter is used: skip DDP's extra pass
     if script_args.streaming:
         return train_streaming(script_args, recipe, training_args, callbacks, started, push_to)

@@ -149,6 +149,27 @@ def test_mean_pooling_skips_the_backbone(processor, counts, monkeypatch):
     torch.testing.assert_close(out.cell_embeddings, (soft * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
 
 
+def test_class_token_and_mean_pooling_appends_the_mean_over_the_cells_genes(processor, counts, tmp_path):
+    plain, both = make_tiny_model(seed=0), make_tiny_model(seed=0, cell_pooling="class_token_and_mean")
+    both.model.load_state_dict(plain.model.state_dict())
+    inputs = batch(processor, counts)
+    inputs["gene_mask"][0, 3:] = 0  # a cell with 3 genes: its padding must not enter the mean
+    plain_out = plain.model(**inputs)
+    out = both(**inputs, output_hidden_states=False)
+    hidden = plain_out.last_hidden_state.float()
+    size = plain.config.text_config.hidden_size
+    assert out.cell_embeddings.shape == (len(counts), 2 * size)
+    torch.testing.assert_close(out.cell_embeddings[:, :size], plain_out.cell_embeddings, atol=0, rtol=0)
+    n_real = inputs["gene_mask"].sum(-1)
+    for cell in (0, 1):
+        torch.testing.assert_close(out.cell_embeddings[cell, size:], hidden[cell, : n_real[cell]].mean(0),
+                                   atol=1e-6, rtol=1e-6)
+    both.set_cell_type_centroids(out.cell_embeddings.detach(), torch.arange(len(counts)) % both.config.num_labels)
+    both.save_pretrained(tmp_path)
+    reloaded = type(both).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, both(**inputs).logits, atol=1e-6, rtol=1e-6)
+
+
 def test_lora_adapters_start_at_the_frozen_model_and_train_with_the_projector(processor, counts):
     plain, adapted = make_tiny_model(seed=0), make_tiny_model(seed=0, lora_rank=4)
     adapted.model.load_backbone_weights(plain.model.language_model.state_dict())

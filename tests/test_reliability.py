@@ -262,8 +262,8 @@ BAD_INPUTS = [
      "needs gene table"),
     ("unknown shipped model name", lambda ctx: _zoo_path("pbmc"), "no shipped model named 'pbmc'.*pbmc-human"),
     # Model and processor options.
-    ("cell_pooling that is neither class_token nor mean", lambda ctx: tiny_config(cell_pooling="max"),
-     "cell_pooling must be 'class_token' or 'mean'"),
+    ("cell_pooling that is none of the known poolings", lambda ctx: tiny_config(cell_pooling="max"),
+     "cell_pooling must be one of .*, not 'max'"),
     ("gene_dropout of 1", lambda ctx: tiny_config(gene_dropout=1.0), r"gene_dropout is a share .* in \[0, 1\)"),
     ("exclude_genes that is not a regular expression",
      lambda ctx: ScInterpreterProcessor(gene_vocab=GENES, exclude_genes="("),
