@@ -434,10 +434,17 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         weights (adapter-only folders included), and sets `config.cell_type_centroids`.
 
         Args:
-            cell_embeddings (`torch.FloatTensor` of shape `(n_cells, hidden_size)`): the cells' embeddings.
+            cell_embeddings (`torch.FloatTensor` of shape `(n_cells, cell embedding size)`): the cells' embeddings,
+                as the forward pass gives them.
             labels (`torch.LongTensor` of shape `(n_cells,)`): their label indices; negative ones are left out. A
                 type without cells gets a zero centroid, which no cell is near (similarity 0).
         """
+        if cell_embeddings.shape[-1] != cell_embedding_size(self.config):
+            raise ValueError(
+                f"cell_embeddings have {cell_embeddings.shape[-1]} values per cell, but this model's cell embeddings "
+                f"have {cell_embedding_size(self.config)} (cell_pooling={self.config.cell_pooling!r}): pass the "
+                "`cell_embeddings` of its own forward pass."
+            )
         unit = nn.functional.normalize(cell_embeddings.detach().float().cpu(), dim=-1)
         labels = torch.as_tensor(labels).long().cpu()
         unit, labels = unit[labels >= 0], labels[labels >= 0]

@@ -45,8 +45,12 @@ RECORDS = REPO / "benchmarks" / "records"
 # (a run is named by how its saved recipe differs from today's, not by the option it ran under).
 OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (mean of the soft tokens)",
                 "paper_selection": "default, genes chosen by expression (the paper's rule)",
-                "no_gene_dropout": "default without gene dropout",
-                "no_gene_dropout+no_llm": "default without gene dropout, no LLM"}
+                "k64+pool_class_token": "session-9 default: k = 64, class token only",
+                "k64+no_llm": "session-9 default, no LLM",
+                "k64+no_gene_dropout+pool_class_token": "session-4 default: k = 64, class token, no gene dropout",
+                "k64+no_gene_dropout+no_llm": "session-4 default, no LLM",
+                "k64+lora8+pool_class_token": "session-9 default + LoRA rank 8",
+                "k64+lora8+no_gene_dropout+pool_class_token": "session-4 default + LoRA rank 8"}
 
 
 def log_normalised(adata):

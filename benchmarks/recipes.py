@@ -39,6 +39,7 @@ OPTIONS = {
     "paper_selection": {"gene_selection": "expression"},
     "token_excess": {"token_value": "excess"},
     "k32": {"n_top_genes": 32},
+    "k64": {"n_top_genes": 64},
     "k128": {"n_top_genes": 128},
     "k256": {"n_top_genes": 256},
     "offsets": {"gene_offsets": True},
@@ -56,6 +57,7 @@ OPTIONS = {
     "best_by_loss": {"best_epoch_metric": "loss"},
     "no_llm": {"cell_pooling": "mean"},
     "pool_class_and_mean": {"cell_pooling": "class_token_and_mean"},
+    "pool_class_token": {"cell_pooling": "class_token"},
     "random_genes": {"gene_encoder": "random"},
 }
 

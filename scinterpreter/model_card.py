@@ -14,7 +14,7 @@ CARD_TEMPLATE = """---
 
 A [scInterpreter](https://arxiv.org/abs/2402.12405) cell-type annotator: a frozen **{backbone}** ({layers} decoder
 layers) reads {k} genes of each cell as soft tokens (text embeddings of gene descriptions, weighted by expression,
-through a trained projector) after the instruction "{instruction}", and a trained head classifies the class token.
+through a trained projector) after the instruction "{instruction}", and a trained head classifies {head_reads}.
 {selection} Only the {trained_parts} were trained ({trainable:,} parameters).
 
 ## Use
@@ -62,6 +62,14 @@ Per cell type (F1 / support):
 - Logistic regression on log-normalised expression is a strong baseline for this task; compare before relying on
   this model.
 """
+
+
+# What the head classifies, per `config.cell_pooling`.
+HEAD_READS = {
+    "class_token": "the class token",
+    "class_token_and_mean": "the class token's output beside the mean of the backbone's outputs at the cell's genes",
+    "mean": "the mean of the soft tokens (the backbone is not run: an ablation)",
+}
 
 
 def write_model_card(folder, results: dict, model, repo_id: str | None = None) -> Path:
@@ -120,6 +128,7 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
     card = CARD_TEMPLATE.format(
         calibration=calibration_text,
         selection=selection,
+        head_reads=HEAD_READS.get(getattr(config, "cell_pooling", "class_token"), "the class token"),
         trained_parts=", ".join(trained[:-1]) + " and " + trained[-1],
         metadata=yaml.safe_dump(metadata, sort_keys=False),
         title=f"scInterpreter cell annotator: {Path(results['dataset']).stem}",

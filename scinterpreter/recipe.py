@@ -4,8 +4,8 @@
 (they cannot import this package), and their defaults say what a saved folder without a field means, so they must
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
-Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`), the folder default is the older
-behaviour.
+Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`), the
+folder default is the older behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -35,7 +35,11 @@ class Recipe:
         metadata={"help": "dtype of the frozen backbone: auto (bfloat16 where the device runs it natively, else "
                           "float32), float32 or bfloat16. $SCINTERPRETER_BACKBONE_DTYPE overrides auto."},
     )
-    n_top_genes: int = field(default=64, metadata={"help": "Gene soft tokens per cell."})
+    n_top_genes: int = field(
+        default=32,
+        metadata={"help": "Gene soft tokens per cell (32 over 64: fewer tokens for the class token to read, half the "
+                          "time; docs/experiments.md, session 12)."},
+    )
     gene_selection: str = field(
         default="excess",
         metadata={"help": "How each cell's genes are chosen: excess (expression minus the gene's mean over the "
@@ -75,10 +79,10 @@ class Recipe:
     )
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update x alpha / rank)."})
     cell_pooling: str = field(
-        default="class_token",
-        metadata={"help": "class_token (the paper); class_token_and_mean: the class token's output beside the mean of "
-                          "the backbone's outputs at the genes; or mean: skip the LLM and average the soft tokens "
-                          "(ablation)."},
+        default="class_token_and_mean",
+        metadata={"help": "What the head reads: class_token_and_mean (the class token's output beside the mean of the "
+                          "backbone's outputs at the cell's genes; beyond the paper, docs/experiments.md, session 12), "
+                          "class_token (the paper), or mean (skip the LLM and average the soft tokens: the ablation)."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_balance: float = field(

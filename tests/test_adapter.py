@@ -9,6 +9,7 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 import train
+from modeling_scinterpreter import cell_embedding_size
 from scinterpreter.build import build_model, save_model_folder
 from scinterpreter.genes import build_gene_table, load_gene_descriptions
 
@@ -56,7 +57,7 @@ def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logi
 
 def test_adapter_folder_carries_the_cell_type_centroids(built):
     model, processor, tmp_path = built
-    model.set_cell_type_centroids(torch.randn(12, model.config.text_config.hidden_size), torch.arange(12) % 3)
+    model.set_cell_type_centroids(torch.randn(12, cell_embedding_size(model.config)), torch.arange(12) % 3)
     folder = save_model_folder(model, processor, tmp_path / "adapter", adapter_only=True)
     with safe_open(folder / "model.safetensors", framework="pt") as handle:
         assert "cell_type_centroids" in handle.keys()

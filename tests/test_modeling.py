@@ -164,6 +164,8 @@ def test_class_token_and_mean_pooling_appends_the_mean_over_the_cells_genes(proc
     for cell in (0, 1):
         torch.testing.assert_close(out.cell_embeddings[cell, size:], hidden[cell, : n_real[cell]].mean(0),
                                    atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="cell_embeddings have 32 values per cell, but this model's cell embeddings"):
+        both.set_cell_type_centroids(plain_out.cell_embeddings, torch.arange(len(counts)) % both.config.num_labels)
     both.set_cell_type_centroids(out.cell_embeddings.detach(), torch.arange(len(counts)) % both.config.num_labels)
     both.save_pretrained(tmp_path)
     reloaded = type(both).from_pretrained(tmp_path).eval()
