@@ -124,6 +124,23 @@ def test_model_card_gives_the_calibration_figures_of_the_results(tmp_path, calib
         assert "calibrat" not in text.lower()
 
 
+@pytest.mark.parametrize("pooling, says", [
+    ("class_token", "a trained head classifies the class token."),
+    ("class_token_and_mean", "a trained head classifies the class token's output beside the mean of the backbone's "
+                             "outputs at the cell's genes."),
+])
+def test_model_card_says_what_the_head_reads(tmp_path, pooling, says):
+    from conftest import LABELS, make_tiny_model
+
+    from scinterpreter.model_card import write_model_card
+
+    results = {"dataset": "cells.h5ad", "n_train_cells": 80, "n_validation_cells": 10, "n_test_cells": 20,
+               "test": {"accuracy": 0.95, "macro_f1": 0.9},
+               "per_class": {label: {"f1-score": 0.9, "support": 5.0} for label in LABELS}}
+    text = write_model_card(tmp_path, results, make_tiny_model(cell_pooling=pooling)).read_text()
+    assert says in " ".join(text.split())
+
+
 @pytest.mark.slow
 def test_excluded_genes_reach_the_saved_processor(tiny_run):
     import anndata
