@@ -35,8 +35,11 @@ def backbone(tmp_path_factory):
 
 
 def tiny_recipe(backbone, **changes):
-    return Recipe(backbone=str(backbone), num_backbone_layers=0, gene_encoder="random", n_top_genes=4,
-                  backbone_dtype="float32", **changes)
+    # The paper's head (class token only): these tests check fit's mechanics (epochs kept, checkpoints, centroids,
+    # the Unassigned threshold) with bounds sized for it on a random 2-layer backbone. The default pooling (class
+    # token and the genes' mean) is trained on the real backbone by tests/test_train.py's integration test.
+    return Recipe(**{**dict(backbone=str(backbone), num_backbone_layers=0, gene_encoder="random", n_top_genes=4,
+                            backbone_dtype="float32", cell_pooling="class_token"), **changes})
 
 
 def tiny_args(tmp_path, **changes):
