@@ -59,6 +59,12 @@ def cell_embedding_size(config: ScInterpreterConfig) -> int:
     return config.text_config.hidden_size * (2 if config.cell_pooling == "class_token_and_mean" else 1)
 
 
+def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` (batch, positions, hidden) over the positions where `weights` (batch, positions) is 1."""
+    weights = weights.unsqueeze(-1)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class ScInterpreterProjector(nn.Module):
     """Maps expression-weighted gene text embeddings into the backbone's token-embedding space."""
 
@@ -324,8 +330,7 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
 
         soft_tokens = self.get_gene_features(gene_ids, gene_values)
         if self.config.cell_pooling == "mean":
-            weights = gene_mask.to(soft_tokens.dtype).unsqueeze(-1)
-            cell_embeddings = (soft_tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+            cell_embeddings = masked_mean(soft_tokens, gene_mask.to(soft_tokens.dtype))
             return ScInterpreterModelOutput(cell_embeddings=cell_embeddings, last_hidden_state=soft_tokens)
         # The class token goes right after each cell's last real gene. Padding then only follows it and, with
         # causal attention, never reaches it: no attention mask is needed and batches of any padding agree.
@@ -348,8 +353,7 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
         last_hidden_state = outputs.last_hidden_state
         cell_embeddings = last_hidden_state[torch.arange(batch_size, device=gene_ids.device), n_real].float()
         if self.config.cell_pooling == "class_token_and_mean":
-            gene_weights = (positions[None, :] < n_real[:, None]).to(torch.float32).unsqueeze(-1)
-            gene_mean = (last_hidden_state.float() * gene_weights).sum(1) / gene_weights.sum(1).clamp(min=1)
+            gene_mean = masked_mean(last_hidden_state.float(), (positions[None, :] < n_real[:, None]).to(torch.float32))
             cell_embeddings = torch.cat([cell_embeddings, gene_mean], dim=-1)
         return ScInterpreterModelOutput(
             cell_embeddings=cell_embeddings,

@@ -58,6 +58,7 @@ OPTIONS = {
     "no_llm": {"cell_pooling": "mean"},
     "pool_class_and_mean": {"cell_pooling": "class_token_and_mean"},
     "pool_class_token": {"cell_pooling": "class_token"},
+    "layers12": {"num_backbone_layers": 12},
     "random_genes": {"gene_encoder": "random"},
 }
 

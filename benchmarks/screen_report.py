@@ -31,10 +31,11 @@ def load_records(paths) -> dict:
     return runs
 
 
-def screen_table(runs: dict, baseline: str, seeds=None, metric: str = "macro_f1") -> tuple[str, dict]:
-    """A Markdown table of `metric` per split (rows) and option (columns), each option on the seeds it shares with
-    `baseline` there, with the difference from the baseline on those seeds; and a summary per option."""
-    options = sorted({option for option, _, _ in runs} - {baseline})
+def screen_table(runs: dict, baseline: str, seeds=None, metric: str = "macro_f1", options=None) -> tuple[str, dict]:
+    """A Markdown table of `metric` per split (rows) and option (columns; all but the baseline unless `options`
+    names some), each option on the seeds it shares with `baseline` there, with the difference from the baseline on
+    those seeds; and a summary per option."""
+    options = options or sorted({option for option, _, _ in runs} - {baseline})
     splits = sorted({(dataset, split) for _, dataset, split in runs})
     header = f"| dataset | split | {baseline} | " + " | ".join(options) + " |"
     lines = [header, "|" + "---|" * (3 + len(options))]
@@ -76,11 +77,14 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="compare on these seeds only")
     parser.add_argument("--metric", default="macro_f1", choices=["macro_f1", "accuracy"])
     parser.add_argument("--out", default=None, help="also write the report here (Markdown, and .json beside it)")
+    parser.add_argument("--options", nargs="*", default=None,
+                        help="only these options' columns, as the records are named today (default: all)")
     args = parser.parse_args(argv)
     runs = load_records(args.records)
-    table, summary = screen_table(runs, args.baseline, args.seeds, args.metric)
+    table, summary = screen_table(runs, args.baseline, args.seeds, args.metric, args.options)
     command = "python benchmarks/screen_report.py " + " ".join(args.records) + (
         f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds is not None else "") + (
+        f" --options {' '.join(args.options)}" if args.options else "") + (
         f" --metric {args.metric}" if args.metric != "macro_f1" else "") + (f" --out {args.out}" if args.out else "")
     report = (f"# Screen: each option against `{args.baseline}` on the same seeds\n\nMade by `{command}`. Test "
               f"{args.metric.replace('_', '-')} of the last epoch, mean over the seeds both ran on the split (in "

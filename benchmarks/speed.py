@@ -5,8 +5,8 @@
 
 Prints and writes (docs/benchmarks/speed.json and speed.md), from one run: the CPU model and flags; the bf16 and
 fp32 matmul FLOP/s this machine reaches (a plain torch matmul loop); cells/s for inference and training at the
-default settings (6 layers, k = 64) and at full depth (30 layers, k = 64), inference both with the backbone
-under `torch.compile` (as the pipeline runs large jobs) and without; the same inference through a naive fp32
+default settings (`Recipe()`: its layers, k and pooling) and at full depth (30 layers, the same k), inference both
+with the backbone under `torch.compile` (as the pipeline runs large jobs) and without; the same inference through a naive fp32
 forward pass that reads the instruction again for every cell, as the paper's code does; and the fraction of the
 best matmul peak that inference reaches, counting the model's FLOPs per cell, timed in rounds beside the peak.
 The last printed line is one JSON object with the headline numbers. speed.md is rendered from speed.json alone.
