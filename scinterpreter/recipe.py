@@ -4,8 +4,8 @@
 (they cannot import this package), and their defaults say what a saved folder without a field means, so they must
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
-Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`,
-`unassigned_score`), the folder default is the older behaviour.
+Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`), the
+folder default is the older behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -110,9 +110,8 @@ class Recipe:
                           "confidence under which a cell is called Unassigned (config.unassigned_threshold)."},
     )
     unassigned_score: str = field(
-        default="centroid_distance",
-        metadata={"help": "Confidence that the Unassigned threshold applies to: centroid_distance (cosine similarity "
-                          "to the nearest cell type's centroid, which calibration then stores in the model; mean "
-                          "AUROC .81 for unseen types against .56 for max_probability with today's head, "
-                          "docs/benchmarks/unknown_types.md), max_probability (calibrated) or energy."},
+        default="max_probability",
+        metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated), "
+                          "energy, or centroid_distance (cosine similarity to the nearest cell type's centroid, "
+                          "which calibration then stores in the model; docs/benchmarks/unknown_types.md)."},
     )
