@@ -94,8 +94,11 @@ def naive_forward(model, gene_ids, gene_values):
     instruction = torch.tensor([model.config.instruction_token_ids] * len(gene_ids))
     embeds = torch.cat([base.language_model.embed_tokens(instruction), base.get_gene_features(gene_ids, gene_values),
                         base.class_token.expand(len(gene_ids), 1, -1)], 1)
-    hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state[:, -1]
-    return model.head(hidden.float())
+    hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state.float()
+    cell_embeddings = hidden[:, -1]
+    if model.config.cell_pooling == "class_token_and_mean":  # every cell has all its genes: a plain mean over them
+        cell_embeddings = torch.cat([cell_embeddings, hidden[:, -1 - gene_ids.shape[1]:-1].mean(1)], dim=-1)
+    return model.head(cell_embeddings)
 
 
 def measure(layers, n_top_genes, seconds, peak_dtype, batch_sizes=(16, 64), train_batch_size=16, rounds=3):
