@@ -3,6 +3,8 @@ the report of a screen (one change at a time), computed from the JSONL records a
 
     python benchmarks/screen_report.py benchmarks/records/recipes_cpu_2026-11-26.jsonl \
         benchmarks/records/recipes_cpu_2026-11-27.jsonl --seeds 0 --out docs/benchmarks/screen_2026-11-27.md
+
+`--options` keeps only the named options' columns (as `recipes.option_against_today` names the runs).
 """
 
 import argparse

@@ -91,6 +91,8 @@ def random_cells(config, n_cells, seed=0):
 def naive_forward(model, gene_ids, gene_values):
     """The paper's way: fp32, the instruction embedded and read again with every cell's tokens."""
     base = model.model
+    if model.config.cell_pooling == "mean":
+        raise ValueError("the naive forward times the backbone, which cell_pooling='mean' skips")
     instruction = torch.tensor([model.config.instruction_token_ids] * len(gene_ids))
     embeds = torch.cat([base.language_model.embed_tokens(instruction), base.get_gene_features(gene_ids, gene_values),
                         base.class_token.expand(len(gene_ids), 1, -1)], 1)
