@@ -305,6 +305,20 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
             backbone.set_attn_implementation(getattr(self, "_attn_implementation_uncompiled", None) or "sdpa")
         return self
 
+    def pool_cell_embeddings(self, last_hidden_state: torch.Tensor, n_real: torch.LongTensor) -> torch.FloatTensor:
+        """
+        The cell embedding the head reads (`config.cell_pooling`), in float32, from the backbone's last hidden states
+        at each cell's genes and class token: `last_hidden_state` of shape `(batch_size, positions, hidden_size)`
+        holds a cell's `n_real` genes first, then its class token at position `n_real`.
+        """
+        batch = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
+        cell_embeddings = last_hidden_state[batch, n_real].float()
+        if self.config.cell_pooling == "class_token_and_mean":
+            positions = torch.arange(last_hidden_state.shape[1], device=last_hidden_state.device)
+            gene_mean = masked_mean(last_hidden_state.float(), (positions[None, :] < n_real[:, None]).to(torch.float32))
+            cell_embeddings = torch.cat([cell_embeddings, gene_mean], dim=-1)
+        return cell_embeddings
+
     def forward(
         self,
         gene_ids: torch.LongTensor,
@@ -351,12 +365,8 @@ class ScInterpreterModel(ScInterpreterPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         last_hidden_state = outputs.last_hidden_state
-        cell_embeddings = last_hidden_state[torch.arange(batch_size, device=gene_ids.device), n_real].float()
-        if self.config.cell_pooling == "class_token_and_mean":
-            gene_mean = masked_mean(last_hidden_state.float(), (positions[None, :] < n_real[:, None]).to(torch.float32))
-            cell_embeddings = torch.cat([cell_embeddings, gene_mean], dim=-1)
         return ScInterpreterModelOutput(
-            cell_embeddings=cell_embeddings,
+            cell_embeddings=self.pool_cell_embeddings(last_hidden_state, n_real),
             last_hidden_state=last_hidden_state,
             hidden_states=outputs.hidden_states,
         )

@@ -6,9 +6,9 @@
 Prints and writes (docs/benchmarks/speed.json and speed.md), from one run: the CPU model and flags; the bf16 and
 fp32 matmul FLOP/s this machine reaches (a plain torch matmul loop); cells/s for inference and training at the
 default settings (`Recipe()`: its layers, k and pooling) and at full depth (30 layers, the same k), inference both
-with the backbone under `torch.compile` (as the pipeline runs large jobs) and without; the same inference through a naive fp32
-forward pass that reads the instruction again for every cell, as the paper's code does; and the fraction of the
-best matmul peak that inference reaches, counting the model's FLOPs per cell, timed in rounds beside the peak.
+with the backbone under `torch.compile` (as the pipeline runs large jobs) and without; the same inference through a
+naive fp32 forward pass that reads the instruction again for every cell, as the paper's code does; and the fraction
+of the best matmul peak that inference reaches, counting the model's FLOPs per cell, timed in rounds beside the peak.
 The last printed line is one JSON object with the headline numbers. speed.md is rendered from speed.json alone.
 """
 
@@ -96,11 +96,9 @@ def naive_forward(model, gene_ids, gene_values):
     instruction = torch.tensor([model.config.instruction_token_ids] * len(gene_ids))
     embeds = torch.cat([base.language_model.embed_tokens(instruction), base.get_gene_features(gene_ids, gene_values),
                         base.class_token.expand(len(gene_ids), 1, -1)], 1)
-    hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state.float()
-    cell_embeddings = hidden[:, -1]
-    if model.config.cell_pooling == "class_token_and_mean":  # every cell has all its genes: a plain mean over them
-        cell_embeddings = torch.cat([cell_embeddings, hidden[:, -1 - gene_ids.shape[1]:-1].mean(1)], dim=-1)
-    return model.head(cell_embeddings)
+    hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state
+    n_genes = torch.full((len(gene_ids),), gene_ids.shape[1])  # every cell has all its genes, then its class token
+    return model.head(base.pool_cell_embeddings(hidden[:, instruction.shape[1]:], n_genes))
 
 
 def measure(layers, n_top_genes, seconds, peak_dtype, batch_sizes=(16, 64), train_batch_size=16, rounds=3):
