@@ -78,6 +78,12 @@ class ScInterpreterConfig(PretrainedConfig):
             `"mean"`: the backbone is skipped and the cell embedding is the mean of the cell's soft tokens
             (the no-LLM ablation). `"class_token_and_mean"`: the class token's output beside the mean of the
             backbone's outputs at the cell's genes (twice the hidden size; beyond the paper).
+        linear_gene_scores (`bool`, *optional*, defaults to `False`):
+            Whether the logits add a linear read of the cell's chosen genes, `sum_g value_g * gene_score_weights[g]
+            + gene_score_bias` (buffers `gene_vocab_size x num_labels` and `num_labels`): a logistic regression on
+            the same genes and values the soft tokens carry, fitted on the training cells after the head is trained
+            (`scinterpreter.training.fit_linear_gene_scores`), so that the logits are those of a product of the two
+            experts. Beyond the paper: the frozen text embeddings blur which gene a token is; this term keeps it.
         calibration_temperature (`float`, *optional*):
             Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
             logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
@@ -128,6 +134,7 @@ class ScInterpreterConfig(PretrainedConfig):
         lora_alpha=16.0,
         lora_target_modules=("q_proj", "v_proj"),
         cell_pooling="class_token",
+        linear_gene_scores=False,
         calibration_temperature=None,
         unassigned_threshold=None,
         unassigned_score="max_probability",
@@ -173,6 +180,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.lora_alpha = float(lora_alpha)
         self.lora_target_modules = list(lora_target_modules)
         self.cell_pooling = cell_pooling
+        self.linear_gene_scores = bool(linear_gene_scores)
         self.calibration_temperature = calibration_temperature
         if unassigned_score not in UNASSIGNED_SCORES:
             raise ScInterpreterInputError(

@@ -126,7 +126,7 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
     _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets", "lora_A",
-                                    "lora_B", "cell_type_centroids"]
+                                    "lora_B", "cell_type_centroids", "gene_score_weights", "gene_score_bias"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -385,6 +385,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         centroids = (torch.zeros(config.num_labels, cell_embedding_size(config)) if config.cell_type_centroids
                      else None)
         self.register_buffer("cell_type_centroids", centroids)
+        # The linear read of the chosen genes (`config.linear_gene_scores`), fitted after training
+        # (`set_linear_gene_scores`); zero until then, so that it does not change the logits the head is trained on.
+        linear = config.linear_gene_scores
+        self.register_buffer("gene_score_weights",
+                             torch.zeros(config.gene_vocab_size, config.num_labels) if linear else None)
+        self.register_buffer("gene_score_bias", torch.zeros(config.num_labels) if linear else None)
         self.post_init()
         self.freeze_backbone()
 
@@ -407,6 +413,8 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         """
         outputs = self.model(gene_ids, gene_values, gene_mask, output_hidden_states=output_hidden_states)
         logits = self.head(outputs.cell_embeddings.to(self.head.dense.weight.dtype))
+        if self.gene_score_weights is not None:
+            logits = logits + self.linear_gene_scores(gene_ids, gene_values, gene_mask)
         loss = None
         if labels is not None:
             weight = None
@@ -418,6 +426,44 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         return CellAnnotationOutput(
             loss=loss, logits=logits, cell_embeddings=outputs.cell_embeddings, hidden_states=outputs.hidden_states
         )
+
+    def linear_gene_scores(
+        self, gene_ids: torch.LongTensor, gene_values: torch.FloatTensor, gene_mask: torch.Tensor | None = None
+    ) -> torch.FloatTensor:
+        r"""
+        The linear read of the cell's chosen genes that `forward` adds to the head's logits where
+        `config.linear_gene_scores`: `sum_g gene_values[g] * gene_score_weights[gene_ids[g]] + gene_score_bias`
+        over the real genes.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_labels)`.
+        """
+        if self.gene_score_weights is None:
+            raise ScInterpreterInputError("this model has no linear gene scores (config.linear_gene_scores is False).")
+        values = gene_values.float()
+        if gene_mask is not None:
+            values = values * gene_mask.to(values.dtype)
+        weights = self.gene_score_weights.float()[gene_ids]
+        return torch.einsum("bg,bgl->bl", values, weights) + self.gene_score_bias.float()
+
+    @torch.no_grad()
+    def set_linear_gene_scores(self, weights: torch.Tensor, bias: torch.Tensor):
+        r"""
+        Stores the fitted linear gene scores (`scinterpreter.training.fit_linear_gene_scores`) in the buffers
+        `gene_score_weights` and `gene_score_bias`, saved with the weights (adapter-only folders included).
+
+        Args:
+            weights (`torch.FloatTensor` of shape `(gene_vocab_size, num_labels)`): per gene and label.
+            bias (`torch.FloatTensor` of shape `(num_labels,)`).
+        """
+        expected = (self.config.gene_vocab_size, self.config.num_labels)
+        if tuple(weights.shape) != expected or tuple(bias.shape) != expected[1:]:
+            raise ValueError(f"linear gene scores must have shapes {expected} and {expected[1:]}, got "
+                             f"{tuple(weights.shape)} and {tuple(bias.shape)}.")
+        device = self.head.dense.weight.device
+        self.register_buffer("gene_score_weights", weights.detach().float().to(device))
+        self.register_buffer("gene_score_bias", bias.detach().float().to(device))
+        self.config.linear_gene_scores = True
 
     def probabilities(self, logits: torch.Tensor) -> torch.FloatTensor:
         """`softmax(logits / T)`, T the calibration temperature fitted on validation cells (1 where none was)."""

@@ -60,6 +60,7 @@ OPTIONS = {
     "pool_class_token": {"cell_pooling": "class_token"},
     "layers12": {"num_backbone_layers": 12},
     "random_genes": {"gene_encoder": "random"},
+    "linear_genes": {"linear_gene_scores": True},
 }
 
 
@@ -130,6 +131,7 @@ def load_cells(dataset, split, split_file, fold, bundle):
 
 
 def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None, probes=True) -> dict:
+    import torch
     from transformers import set_seed
 
     from scinterpreter.calibration import calibrated_ece_floor, expected_calibration_error, softmax
@@ -163,17 +165,22 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             inputs = processor(test_cells, gene_names=gene_names, return_tensors="pt")
             logits, embeddings = predict(result.model, inputs, args.per_device_eval_batch_size)
             logits = logits.numpy()  # float32 (`predict`)
-            metrics = score(references, logits.argmax(-1))
+            metrics, linear = score(references, logits.argmax(-1)), None
+            if result.model.config.linear_gene_scores:  # the same run's head alone, and the linear scores alone
+                with torch.inference_mode():
+                    linear = result.model.linear_gene_scores(**inputs).numpy()
+                metrics["without_linear_gene_scores"] = score(references, (logits - linear).argmax(-1))
+                metrics["linear_gene_scores_only"] = score(references, linear.argmax(-1))
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
                 calibrated = softmax(logits, calibration["temperature"])
                 metrics["test_ece_after"] = round(expected_calibration_error(calibrated, references), 4)
                 metrics["test_ece_floor"] = round(calibrated_ece_floor(calibrated), 4)
-            return metrics, embeddings.numpy(), logits
+            return metrics, embeddings.numpy(), logits, linear
 
-        metrics, test_embeddings, test_logits = scores(result.processor, result.calibration)
+        metrics, test_embeddings, test_logits, test_linear = scores(result.processor, result.calibration)
         if logits_dir:  # for ensembles over seeds (seed_ensemble.py); each member keeps its own validation temperature
-            save_run_logits(logits_dir, job, result, test_logits, references, keep)
+            save_run_logits(logits_dir, job, result, test_logits, references, keep, test_linear)
         if probes:
             trained = np.setdiff1d(np.arange(len(train)), result.validation_cells)
             metrics["test_embedding_probe"] = embedding_probe(
@@ -190,7 +197,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
     return {
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-        **{k: metrics[k] for k in ("test_reference_refit", "test_embedding_probe") if k in metrics},
+        **{k: metrics[k] for k in ("test_reference_refit", "test_embedding_probe", "without_linear_gene_scores",
+                                   "linear_gene_scores_only") if k in metrics},
+        **({"linear_gene_scores": result.linear_gene_scores} if result.linear_gene_scores else {}),
         **{k: metrics[k] for k in ("test_ece_before", "test_ece_after", "test_ece_floor") if k in metrics},
         "calibration": result.calibration,
         "best_epoch": result.best_epoch, "validation": {k: round(v, 4) for k, v in result.validation_metrics().items()},
@@ -204,9 +213,10 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
     }
 
 
-def save_run_logits(logits_dir, job, result, logits, references, test_cells) -> None:
-    """One run's test logits (float32), reference label ids and test cell positions as safetensors; the label order
-    and the validation temperature in its metadata."""
+def save_run_logits(logits_dir, job, result, logits, references, test_cells, linear=None) -> None:
+    """One run's test logits (float32), reference label ids and test cell positions as safetensors (and, for a model
+    with linear gene scores, their share of the logits as `linear_gene_scores`); the label order and the validation
+    temperature in its metadata."""
     from safetensors.numpy import save_file
 
     Path(logits_dir).mkdir(parents=True, exist_ok=True)
@@ -214,7 +224,9 @@ def save_run_logits(logits_dir, job, result, logits, references, test_cells) -> 
     labels = sorted(result.label2id, key=result.label2id.get)
     save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32),
                "references": np.asarray(references, dtype=np.int64),
-               "test_cells": np.asarray(test_cells, dtype=np.int64)}, str(Path(logits_dir) / name),
+               "test_cells": np.asarray(test_cells, dtype=np.int64),
+               **({} if linear is None else {"linear_gene_scores": np.ascontiguousarray(linear, dtype=np.float32)})},
+              str(Path(logits_dir) / name),
               metadata={"labels": json.dumps(labels), "temperature": json.dumps((result.calibration or {}).get(
                   "temperature", 1.0))})
 

@@ -15,7 +15,7 @@ from .backbone import DEFAULT_BACKBONE
 # Recipe fields that `build_model` writes, under the same name, into the model's config and into the processor.
 # (`soft_token_rms` reaches the config resolved to a number; `unassigned_score` when `fit` calibrates.)
 CONFIG_FIELDS = ("n_top_genes", "head_hidden_size", "head_norm", "label_smoothing", "gene_offsets", "gene_dropout",
-                 "lora_rank", "lora_alpha", "cell_pooling")
+                 "lora_rank", "lora_alpha", "cell_pooling", "linear_gene_scores")
 PROCESSOR_FIELDS = ("n_top_genes", "gene_selection", "token_value", "exclude_genes")
 
 
@@ -83,6 +83,12 @@ class Recipe:
         metadata={"help": "What the head reads: class_token_and_mean (the class token's output beside the mean of the "
                           "backbone's outputs at the cell's genes; beyond the paper, docs/experiments.md, session 12), "
                           "class_token (the paper), or mean (skip the LLM and average the soft tokens: the ablation)."},
+    )
+    linear_gene_scores: bool = field(
+        default=False,
+        metadata={"help": "Add to the head's logits a logistic regression on the cell's chosen genes and their values, "
+                          "fitted on the training cells after the head (beyond the paper; docs/experiments.md, "
+                          "session 14)."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_balance: float = field(

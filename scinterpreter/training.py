@@ -62,6 +62,7 @@ class FitResult:
     best_epoch: float | None = None
     history: list = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
+    linear_gene_scores: dict = field(default_factory=dict)
 
     def validation_metrics(self) -> dict:
         """The validation metrics of the epoch the model was kept from (empty without validation cells)."""
@@ -284,6 +285,9 @@ def fit_datasets(
         for folder in set(output_dir.glob("checkpoint-*")) - existing:
             shutil.rmtree(folder, ignore_errors=True)
 
+    linear_gene_scores = {}
+    if trainer.model.config.linear_gene_scores:
+        linear_gene_scores = fit_linear_gene_scores(trainer.model, train_dataset)
     calibration = {}
     if recipe.calibrate and has_validation:
         calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score, training_cells=train_dataset)
@@ -296,7 +300,69 @@ def fit_datasets(
                     f"{trainer.state.best_metric:.4f})")
     return FitResult(model=trainer.model, processor=processor, trainer=trainer, label2id=dict(model.config.label2id),
                      train_seconds=train_seconds, best_epoch=best_epoch, history=list(trainer.state.log_history),
-                     calibration=calibration)
+                     calibration=calibration, linear_gene_scores=linear_gene_scores)
+
+
+def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000) -> dict:
+    """
+    Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
+    model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
+    cell, each carrying its token value (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
+    scikit-learn's objective, `C * sum of the cross-entropies + |weights|^2 / 2` (`C = inverse_regularization`), by
+    L-BFGS. Fitted apart from the head, on the same cells, so that neither learns to lean on the other's fit of the
+    training cells; the model's logits are then the sum of the two (a product of experts), calibrated after.
+
+    Args:
+        cells (`CellDataset`, or an iterable of per-cell dicts as `StreamingCells` yields): encoded cells with labels.
+
+    Returns:
+        `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, training `accuracy` of the linear scores.
+    """
+    import torch
+
+    started = time.perf_counter()
+    if isinstance(cells, CellDataset):
+        features, labels = cells.features, cells.labels
+    else:  # a stream: read once, k genes per cell
+        items = list(cells)
+        features = {name: torch.stack([torch.as_tensor(item[name]) for item in items])
+                    for name in ("gene_ids", "gene_values", "gene_mask")}
+        labels = torch.as_tensor([int(item["labels"]) for item in items])
+    if labels is None:
+        raise ScInterpreterInputError("linear gene scores are fitted on labelled cells; the training cells have none.")
+    real = features["gene_mask"].bool()
+    gene_ids = features["gene_ids"].long()[real]
+    values = features["gene_values"].double()[real]
+    cell_of = torch.arange(len(real))[:, None].expand_as(real)[real]
+    genes, columns = torch.unique(gene_ids, return_inverse=True)  # only genes some training cell has get a weight
+    n_cells, n_labels = len(real), model.config.num_labels
+    design = torch.sparse_coo_tensor(torch.stack([cell_of, columns]), values, (n_cells, len(genes)),
+                                     check_invariants=True).coalesce()
+    weights = torch.zeros(len(genes), n_labels, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_labels, dtype=torch.float64, requires_grad=True)
+    labels = labels.long()
+    optimizer = torch.optim.LBFGS([weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
+                                  tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2.0 * inverse_regularization * n_cells)  # sklearn's objective divided by C * n_cells
+
+    def closure():
+        optimizer.zero_grad()
+        logits = torch.sparse.mm(design, weights) + bias
+        loss = torch.nn.functional.cross_entropy(logits, labels) + penalty * weights.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    full = torch.zeros(model.config.gene_vocab_size, n_labels, dtype=torch.float64)
+    full[genes] = weights.detach()
+    model.set_linear_gene_scores(full.float(), bias.detach().float())
+    with torch.no_grad():
+        accuracy = float(((torch.sparse.mm(design, weights) + bias).argmax(-1) == labels).double().mean())
+    result = {"cells": n_cells, "genes": len(genes), "iterations": optimizer.state[weights].get("n_iter"),
+              "seconds": round(time.perf_counter() - started, 1), "training_accuracy": round(accuracy, 4)}
+    logger.info(f"linear gene scores fitted: {result}")
+    return result
 
 
 def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability", training_cells=None) -> dict:
