@@ -444,7 +444,8 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)
         weights = self.gene_score_weights.float()[gene_ids]
-        return torch.einsum("bg,bgl->bl", values, weights) + self.gene_score_bias.float()
+        # An elementwise product and sum rather than a matmul: autocast would run a matmul in bfloat16.
+        return (values.unsqueeze(-1) * weights).sum(1) + self.gene_score_bias.float()
 
     @torch.no_grad()
     def set_linear_gene_scores(self, weights: torch.Tensor, bias: torch.Tensor):
@@ -548,8 +549,9 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         max_batch: int = 256,
     ) -> torch.FloatTensor:
         r"""
-        Leave-one-gene-out attributions: how much the `target` label's logit drops when one gene's soft token is
-        removed from the cell (the genes after it move up one place, as if the cell had not expressed it).
+        Leave-one-gene-out attributions: how much the `target` label's logit drops when one gene is removed from the
+        cell (the genes after it move up one place, as if the cell had not expressed it): its soft token and, where
+        the model has them, its linear gene score.
 
         Args:
             gene_ids, gene_values, gene_mask: as in [`ScInterpreterModel.forward`].

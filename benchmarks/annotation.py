@@ -43,14 +43,17 @@ OUT = REPO / "docs" / "benchmarks"
 RECORDS = REPO / "benchmarks" / "records"
 # recipes.py options as the table names them; "default" is today's `Recipe()` + `ScInterpreterTrainingArguments()`
 # (a run is named by how its saved recipe differs from today's, not by the option it ran under).
-OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (mean of the soft tokens)",
+OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (linear gene scores + mean of the soft tokens)",
                 "paper_selection": "default, genes chosen by expression (the paper's rule)",
-                "k64+pool_class_token": "session-9 default: k = 64, class token only",
-                "k64+no_llm": "session-9 default, no LLM",
-                "k64+no_gene_dropout+pool_class_token": "session-4 default: k = 64, class token, no gene dropout",
-                "k64+no_gene_dropout+no_llm": "session-4 default, no LLM",
-                "k64+lora8+pool_class_token": "session-9 default + LoRA rank 8",
-                "k64+lora8+no_gene_dropout+pool_class_token": "session-4 default + LoRA rank 8"}
+                "no_linear_genes": "session-12 default: no linear gene scores",
+                "no_llm+no_linear_genes": "session-12 default, no LLM",
+                "k64+pool_class_token+no_linear_genes": "session-9 default: k = 64, class token only",
+                "k64+no_llm+no_linear_genes": "session-9 default, no LLM",
+                "k64+no_gene_dropout+pool_class_token+no_linear_genes":
+                    "session-4 default: k = 64, class token, no gene dropout",
+                "k64+no_gene_dropout+no_llm+no_linear_genes": "session-4 default, no LLM",
+                "k64+lora8+pool_class_token+no_linear_genes": "session-9 default + LoRA rank 8",
+                "k64+lora8+no_gene_dropout+pool_class_token+no_linear_genes": "session-4 default + LoRA rank 8"}
 
 
 def log_normalised(adata):

@@ -61,6 +61,7 @@ OPTIONS = {
     "layers12": {"num_backbone_layers": 12},
     "random_genes": {"gene_encoder": "random"},
     "linear_genes": {"linear_gene_scores": True},
+    "no_linear_genes": {"linear_gene_scores": False},
 }
 
 
@@ -70,6 +71,7 @@ _FOLDER_DEFAULTS = ScInterpreterConfig()
 FIELDS_ADDED_LATER = {
     "gene_dropout": _FOLDER_DEFAULTS.gene_dropout,
     "unassigned_score": _FOLDER_DEFAULTS.unassigned_score,
+    "linear_gene_scores": _FOLDER_DEFAULTS.linear_gene_scores,
     "calibrate": False,  # not a config field: older models were not calibrated (no calibration_temperature)
 }
 # Recipe fields since removed, and the value with which a record's recipe is today's (`class_weighting` measured worse).
@@ -168,7 +170,8 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             metrics, linear = score(references, logits.argmax(-1)), None
             if result.model.config.linear_gene_scores:  # the same run's head alone, and the linear scores alone
                 with torch.inference_mode():
-                    linear = result.model.linear_gene_scores(**inputs).numpy()
+                    linear = result.model.linear_gene_scores(
+                        **{name: tensor.to(result.model.device) for name, tensor in inputs.items()}).float().cpu().numpy()
                 metrics["without_linear_gene_scores"] = score(references, (logits - linear).argmax(-1))
                 metrics["linear_gene_scores_only"] = score(references, linear.argmax(-1))
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells

@@ -98,7 +98,10 @@ def naive_forward(model, gene_ids, gene_values):
                         base.class_token.expand(len(gene_ids), 1, -1)], 1)
     hidden = base.language_model(inputs_embeds=embeds.to(base.backbone_dtype)).last_hidden_state
     n_genes = torch.full((len(gene_ids),), gene_ids.shape[1])  # every cell has all its genes, then its class token
-    return model.head(base.pool_cell_embeddings(hidden[:, instruction.shape[1]:], n_genes))
+    logits = model.head(base.pool_cell_embeddings(hidden[:, instruction.shape[1]:], n_genes))
+    if model.gene_score_weights is not None:
+        logits = logits + model.linear_gene_scores(gene_ids, gene_values)
+    return logits
 
 
 def measure(layers, n_top_genes, seconds, peak_dtype, batch_sizes=(16, 64), train_batch_size=16, rounds=3):

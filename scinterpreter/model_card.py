@@ -109,6 +109,11 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         trained.append("per-gene offsets")
     if getattr(config, "lora_rank", 0):
         trained.append(f"rank-{config.lora_rank} adapters of the backbone's attention")
+    if getattr(config, "linear_gene_scores", False):
+        fitted = int((model.gene_score_weights != 0).any(-1).sum())
+        selection += (" The logits add a logistic regression on the same genes and values (one weight per gene and "
+                      f"cell type, for the {fitted:,} genes of the training cells), fitted on the training cells after "
+                      "the head: the gene identities that the text embeddings blur.")
     calibration = results.get("calibration") or {}
     calibration_text = ("Probabilities are calibrated: temperature {temperature} fitted on the validation cells; "
                         "expected calibration error (15 bins) on the test cells {test_ece_before:.3f} before, "

@@ -4,8 +4,8 @@
 (they cannot import this package), and their defaults say what a saved folder without a field means, so they must
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
-Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`), the
-folder default is the older behaviour.
+Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`,
+`linear_gene_scores`), the folder default is the older behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -85,10 +85,10 @@ class Recipe:
                           "class_token (the paper), or mean (skip the LLM and average the soft tokens: the ablation)."},
     )
     linear_gene_scores: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Add to the head's logits a logistic regression on the cell's chosen genes and their values, "
-                          "fitted on the training cells after the head (beyond the paper; docs/experiments.md, "
-                          "session 14)."},
+                          "fitted on the training cells after the head (beyond the paper: the gene identities that "
+                          "the frozen text embeddings blur; docs/experiments.md, session 14); false: the head alone."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_balance: float = field(

@@ -167,6 +167,9 @@ def main(argv=None, callbacks=None):
                            "warmup_steps", "weight_decay", "seed")},
     }
 
+    if model.config.linear_gene_scores:
+        results["linear_gene_scores"] = {**fitted.linear_gene_scores,
+                                         **parts_of_the_logits(model, test_inputs, logits, references)}
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():  # with torchrun / accelerate, one process writes the outputs
         return results
@@ -211,6 +214,24 @@ def draw(plot, *args, **kwargs):
         plot(*args, **kwargs)
     except ImportError as error:  # raised by `require` before any plotting
         logger.warning(f"{Path(args[-1]).name} not written: {error}")
+
+
+def parts_of_the_logits(model, inputs, logits, references) -> dict:
+    """Test accuracy and macro-F1 of the head alone and of the linear gene scores alone (the logits are their sum)."""
+    import torch
+
+    with torch.no_grad():
+        linear = np.concatenate([model.linear_gene_scores(**{
+            name: torch.as_tensor(inputs[name][start:start + 4096]).to(model.device)
+            for name in ("gene_ids", "gene_values", "gene_mask")}).cpu().numpy()
+            for start in range(0, len(inputs["gene_ids"]), 4096)])
+    parts = {}
+    for name, part in (("test_head_alone", logits - linear), ("test_linear_gene_scores_alone", linear)):
+        metrics = annotation_metrics(part.argmax(-1), references)
+        parts[name] = {key: metrics[key] for key in ("accuracy", "macro_f1")}
+    logger.info(f"test cells, head alone: {parts['test_head_alone']}; linear gene scores alone: "
+                f"{parts['test_linear_gene_scores_alone']}")
+    return parts
 
 
 def test_calibration(logits, references, calibration: dict, model, cell_embeddings=None) -> dict:
@@ -315,6 +336,8 @@ def train_streaming(script_args, recipe, training_args, callbacks, started, push
                "per_class": per_class_report(predicted, references, classes),
                "train_seconds": round(train_seconds, 1), "script_args": asdict(script_args),
                "recipe": asdict(recipe)}
+    if fitted.linear_gene_scores:
+        results["linear_gene_scores"] = fitted.linear_gene_scores
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():

@@ -303,20 +303,24 @@ def fit_datasets(
                      calibration=calibration, linear_gene_scores=linear_gene_scores)
 
 
-def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000) -> dict:
+def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000,
+                           max_streamed_cells: int = 200_000) -> dict:
     """
     Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
     model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
     cell, each carrying its token value (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
     scikit-learn's objective, `C * sum of the cross-entropies + |weights|^2 / 2` (`C = inverse_regularization`), by
     L-BFGS. Fitted apart from the head, on the same cells, so that neither learns to lean on the other's fit of the
-    training cells; the model's logits are then the sum of the two (a product of experts), calibrated after.
+    training cells; the model's logits are then the sum of the two (a product of experts), calibrated after. Cell
+    types without training cells get no gene weights and the mean bias, so that the scores neither favour nor rule
+    them out.
 
     Args:
-        cells (`CellDataset`, or an iterable of per-cell dicts as `StreamingCells` yields): encoded cells with labels.
+        cells (`CellDataset`, or an iterable of per-cell dicts as `StreamingCells` yields): encoded cells with labels
+            (negative ones, cells of no known type, are left out); of a stream, the first `max_streamed_cells`.
 
     Returns:
-        `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, training `accuracy` of the linear scores.
+        `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, `training_accuracy` of the linear scores.
     """
     import torch
 
@@ -324,42 +328,56 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     if isinstance(cells, CellDataset):
         features, labels = cells.features, cells.labels
     else:  # a stream: read once, k genes per cell
-        items = list(cells)
+        from itertools import islice
+
+        items = list(islice(iter(cells), max_streamed_cells))
         features = {name: torch.stack([torch.as_tensor(item[name]) for item in items])
-                    for name in ("gene_ids", "gene_values", "gene_mask")}
-        labels = torch.as_tensor([int(item["labels"]) for item in items])
+                    for name in ("gene_ids", "gene_values", "gene_mask")} if items else None
+        labels = torch.as_tensor([int(item["labels"]) for item in items]) if items and "labels" in items[0] else None
     if labels is None:
         raise ScInterpreterInputError("linear gene scores are fitted on labelled cells; the training cells have none.")
+    known = labels >= 0
+    if not known.any():
+        raise ScInterpreterInputError("linear gene scores are fitted on labelled cells; no training cell has a known "
+                                      "cell type.")
+    features, labels = {name: tensor[known] for name, tensor in features.items()}, labels[known].long()
+    present, labels = torch.unique(labels, return_inverse=True)
     real = features["gene_mask"].bool()
-    gene_ids = features["gene_ids"].long()[real]
-    values = features["gene_values"].double()[real]
     cell_of = torch.arange(len(real))[:, None].expand_as(real)[real]
-    genes, columns = torch.unique(gene_ids, return_inverse=True)  # only genes some training cell has get a weight
+    genes, columns = torch.unique(features["gene_ids"].long()[real], return_inverse=True)  # genes some cell has
     n_cells, n_labels = len(real), model.config.num_labels
-    design = torch.sparse_coo_tensor(torch.stack([cell_of, columns]), values, (n_cells, len(genes)),
-                                     check_invariants=True).coalesce()
-    weights = torch.zeros(len(genes), n_labels, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(n_labels, dtype=torch.float64, requires_grad=True)
-    labels = labels.long()
+    design = torch.sparse_coo_tensor(torch.stack([cell_of, columns]), features["gene_values"].double()[real],
+                                     (n_cells, len(genes)), check_invariants=True).coalesce()
+    weights = torch.zeros(len(genes), len(present), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(present), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
                                   tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
     penalty = 1.0 / (2.0 * inverse_regularization * n_cells)  # sklearn's objective divided by C * n_cells
 
     def closure():
         optimizer.zero_grad()
-        logits = torch.sparse.mm(design, weights) + bias
-        loss = torch.nn.functional.cross_entropy(logits, labels) + penalty * weights.pow(2).sum()
+        loss = (torch.nn.functional.cross_entropy(torch.sparse.mm(design, weights) + bias, labels)
+                + penalty * weights.pow(2).sum())
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    full = torch.zeros(model.config.gene_vocab_size, n_labels, dtype=torch.float64)
-    full[genes] = weights.detach()
-    model.set_linear_gene_scores(full.float(), bias.detach().float())
+    iterations = optimizer.state[weights].get("n_iter")
+    if iterations is not None and iterations >= max_iter:
+        logger.warning(f"linear gene scores: L-BFGS stopped at max_iter={max_iter} before converging")
+    full_weights = torch.zeros(model.config.gene_vocab_size, n_labels, dtype=torch.float64)
+    full_weights[genes[:, None], present[None, :]] = weights.detach()
+    full_bias = torch.full((n_labels,), float(bias.detach().mean()), dtype=torch.float64)
+    full_bias[present] = bias.detach()
+    absent = sorted(set(range(n_labels)) - set(present.tolist()))
+    if absent:
+        names = [model.config.id2label.get(i, str(i)) for i in absent]
+        logger.warning(f"linear gene scores: no training cells of {names[:10]}; they get no gene weights")
+    model.set_linear_gene_scores(full_weights.float(), full_bias.float())
     with torch.no_grad():
         accuracy = float(((torch.sparse.mm(design, weights) + bias).argmax(-1) == labels).double().mean())
-    result = {"cells": n_cells, "genes": len(genes), "iterations": optimizer.state[weights].get("n_iter"),
+    result = {"cells": n_cells, "genes": len(genes), "iterations": iterations,
               "seconds": round(time.perf_counter() - started, 1), "training_accuracy": round(accuracy, 4)}
     logger.info(f"linear gene scores fitted: {result}")
     return result
@@ -368,7 +386,8 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
 def calibrate(trainer, validation_cells, unassigned_score: str = "max_probability", training_cells=None) -> dict:
     """
     Fits the temperature on the validation cells, then the confidence under which a cell is called Unassigned
-    (about 5% of the validation cells fall below it), and stores both in the model's config. For
+    (about 5% of the validation cells fall below it), and stores both in the model's config; the result also holds
+    the final model's validation accuracy and macro-F1. For
     `unassigned_score="centroid_distance"` it first stores the cell types' centroids, from the cell embeddings of
     `training_cells` (`set_cell_type_centroids`), in the model.
     """
@@ -396,6 +415,10 @@ def calibrate(trainer, validation_cells, unassigned_score: str = "max_probabilit
               "validation_ece_after": round(expected_calibration_error(softmax(logits, temperature),
                                                                        prediction.label_ids), 4),
               "unassigned_score": unassigned_score, "unassigned_threshold": config.unassigned_threshold}
+    # The final model's (with linear gene scores, the epochs' validation metrics are of the head alone).
+    for name in ("accuracy", "macro_f1"):
+        if f"calibration_{name}" in (prediction.metrics or {}):
+            result[f"validation_{name}"] = round(float(prediction.metrics[f"calibration_{name}"]), 4)
     logger.info(f"calibration on {len(prediction.label_ids)} validation cells: {result}")
     return result
 

@@ -97,3 +97,17 @@ def test_adapter_warns_when_given_other_backbone_weights_than_it_was_trained_on(
     save_file(weights, weights_file, metadata={"format": "pt"})
     with pytest.warns(UserWarning, match="not the one this adapter was trained on"):
         AutoModel.from_pretrained(folder, trust_remote_code=True)
+
+
+def test_adapter_folder_carries_the_linear_gene_scores(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCINTERPRETER_CACHE", str(tmp_path / "cache"))
+    backbone = make_tiny_backbone(tmp_path / "backbone")
+    table = build_gene_table(load_gene_descriptions().head(300), encoder="random")
+    model, processor = build_model(["a", "b", "c"], backbone=str(backbone), gene_table=table, n_top_genes=8,
+                                   backbone_dtype=torch.float32, linear_gene_scores=True)
+    model.set_linear_gene_scores(torch.randn(model.config.gene_vocab_size, 3), torch.randn(3))
+    folder = save_model_folder(model.eval(), processor, tmp_path / "adapter", adapter_only=True)
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        assert {"gene_score_weights", "gene_score_bias"} <= set(handle.keys())
+    reloaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-6)

@@ -228,3 +228,19 @@ def test_seed_ensemble_averages_the_seeds_calibrated_probabilities(tmp_path):
              "best_logistic_regression": [{"dataset": "d", "split": "fixed", "macro_f1": 0.9}]}
     assert "| default | d | fixed | 0: 0.822, 1: 0.822, 2: 0.822 | 0.822 |" in seed_ensemble.render(saved)
     assert "+0.178 macro-F1" in seed_ensemble.render(json.loads(json.dumps(saved)))
+
+
+def test_records_from_before_linear_gene_scores_keep_their_option_name():
+    from dataclasses import asdict
+
+    from recipes import option_against_today
+
+    from scinterpreter.recipe import Recipe
+
+    today = asdict(Recipe())
+    before = {k: v for k, v in today.items() if k != "linear_gene_scores"}
+    expected = "default" if not today["linear_gene_scores"] else "no_linear_genes"
+    assert option_against_today({"recipe": before, "changes": {}}) == expected
+    assert option_against_today({"recipe": {**today, "linear_gene_scores": not today["linear_gene_scores"]},
+                                 "changes": {}}) == ("linear_genes" if not today["linear_gene_scores"]
+                                                     else "no_linear_genes")

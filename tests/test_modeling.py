@@ -3,6 +3,7 @@ import torch
 from conftest import GENES, LABELS, make_tiny_model
 from transformers import AutoConfig, AutoModel
 
+from configuration_scinterpreter import ScInterpreterInputError
 from modeling_scinterpreter import ScInterpreterForCellAnnotation, ScInterpreterModel
 
 TRAINABLE_PREFIXES = ("model.projector.", "model.class_token", "head.")
@@ -301,3 +302,51 @@ def test_a_folder_saved_without_centroids_loads_as_before(tmp_path, tiny_model, 
     torch.testing.assert_close(reloaded(**inputs).logits, tiny_model(**inputs).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ScInterpreterInputError, match="holds none"):
         reloaded.centroid_distance(reloaded(**inputs).cell_embeddings)
+
+
+def test_linear_gene_scores_add_a_linear_read_of_the_chosen_genes_to_the_logits(processor, counts):
+    plain, linear = make_tiny_model(), make_tiny_model(linear_gene_scores=True)
+    inputs = batch(processor, counts)
+    # Zero until fitted, so that the head trains on its own logits.
+    torch.testing.assert_close(linear(**inputs).logits, plain(**inputs).logits, rtol=0, atol=0)
+    torch.manual_seed(3)
+    weights, bias = torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS))
+    linear.set_linear_gene_scores(weights, bias)
+    mask = inputs["gene_mask"].float()
+    expected = ((inputs["gene_values"] * mask)[..., None] * weights[inputs["gene_ids"]]).sum(1) + bias
+    torch.testing.assert_close(linear.linear_gene_scores(**inputs), expected)
+    torch.testing.assert_close(linear(**inputs).logits, plain(**inputs).logits + expected)
+    # Padding carries no score, whatever gene id and value it holds.
+    padded = {name: tensor.clone() for name, tensor in inputs.items()}
+    padded["gene_mask"][:, -1], padded["gene_ids"][:, -1], padded["gene_values"][:, -1] = 0, 7, 5.0
+    unpadded = {**padded, "gene_values": padded["gene_values"].clone()}
+    unpadded["gene_values"][:, -1] = 0.0
+    torch.testing.assert_close(linear.linear_gene_scores(**padded), linear.linear_gene_scores(**unpadded))
+    with pytest.raises(ValueError, match="must have shapes"):
+        linear.set_linear_gene_scores(weights[:5], bias)
+    with pytest.raises(ScInterpreterInputError, match="no linear gene scores"):
+        plain.linear_gene_scores(**inputs)
+
+
+def test_linear_gene_scores_are_saved_in_the_weights_and_load_again(tmp_path, processor, counts):
+    model = make_tiny_model(linear_gene_scores=True)
+    model.set_linear_gene_scores(torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS)))
+    model.save_pretrained(tmp_path)
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path).eval()
+    assert reloaded.config.linear_gene_scores and reloaded.gene_score_weights.dtype == torch.float32
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+
+def test_a_folder_saved_before_linear_gene_scores_loads_as_before(tmp_path, tiny_model, processor, counts):
+    import json
+
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["linear_gene_scores"]  # folders written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = ScInterpreterForCellAnnotation.from_pretrained(tmp_path).eval()
+    assert reloaded.gene_score_weights is None and not reloaded.config.linear_gene_scores
+    inputs = batch(processor, counts)
+    torch.testing.assert_close(reloaded(**inputs).logits, tiny_model(**inputs).logits)

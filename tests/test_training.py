@@ -224,3 +224,77 @@ def test_class_balance_on_a_dataset_without_labels_is_our_error(tmp_path):
         fit_datasets(None, None, unlabelled, Recipe(class_balance=0.5),
                      ScInterpreterTrainingArguments(output_dir=str(tmp_path)))
 
+
+def test_linear_gene_scores_are_scikit_learns_logistic_regression_on_the_chosen_genes():
+    from types import SimpleNamespace
+
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    from scinterpreter.data import CellDataset
+    from scinterpreter.training import fit_linear_gene_scores
+
+    rng = np.random.default_rng(0)
+    n_cells, n_vocab, k, n_labels = 300, 50, 6, 3
+    gene_ids = np.stack([rng.choice(n_vocab, k, replace=False) for _ in range(n_cells)])
+    values = rng.exponential(1.0, (n_cells, k)).astype(np.float32)
+    mask = (np.arange(k) < rng.integers(2, k + 1, n_cells)[:, None]).astype(np.int64)
+    labels = (gene_ids[:, 0] % n_labels + (values[:, 0] > 2)) % n_labels  # learnable, not separable
+    stored = {}
+    model = SimpleNamespace(config=SimpleNamespace(gene_vocab_size=n_vocab, num_labels=n_labels),
+                            set_linear_gene_scores=lambda weights, bias: stored.update(weights=weights, bias=bias))
+    info = fit_linear_gene_scores(model, CellDataset(
+        {"gene_ids": gene_ids, "gene_values": values, "gene_mask": mask}, labels), inverse_regularization=0.5)
+    assert stored["weights"].shape == (n_vocab, n_labels) and info["cells"] == n_cells
+    rows = np.repeat(np.arange(n_cells), k)
+    design = sparse.csr_matrix(((values * mask).ravel(), (rows, gene_ids.ravel())), shape=(n_cells, n_vocab))
+    reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=5000).fit(design, labels)
+    # The penalised weights have one minimum; the unpenalised bias only up to a shift common to all labels.
+    np.testing.assert_allclose(stored["weights"].numpy(), reference.coef_.T, atol=2e-3)
+    bias = stored["bias"].numpy()
+    np.testing.assert_allclose(bias - bias.mean(), reference.intercept_ - reference.intercept_.mean(), atol=2e-3)
+    unseen = np.setdiff1d(np.arange(n_vocab), gene_ids[mask.astype(bool)])
+    assert not stored["weights"][unseen].any()
+
+
+def test_linear_gene_scores_leave_out_unlabelled_cells_and_do_not_rule_out_types_without_cells():
+    from types import SimpleNamespace
+
+    from scinterpreter.data import CellDataset
+    from scinterpreter.training import fit_linear_gene_scores
+
+    rng = np.random.default_rng(1)
+    gene_ids = rng.integers(0, 20, (60, 4))
+    labels = gene_ids[:, 0] % 2
+    labels[:5] = -100  # cells of a type the model does not know
+    stored = {}
+    model = SimpleNamespace(config=SimpleNamespace(gene_vocab_size=20, num_labels=3, id2label={2: "unseen"}),
+                            set_linear_gene_scores=lambda weights, bias: stored.update(weights=weights, bias=bias))
+    cells = {"gene_ids": gene_ids, "gene_values": np.ones((60, 4), np.float32), "gene_mask": np.ones((60, 4))}
+    info = fit_linear_gene_scores(model, CellDataset(cells, labels))
+    assert info["cells"] == 55
+    # "unseen" (label 2) has no cells: no gene weights, and the mean of the other biases, not a large negative one.
+    assert not stored["weights"][:, 2].any()
+    assert stored["bias"][2] == pytest.approx(float(stored["bias"][:2].mean()))
+    streamed = [{name: torch.as_tensor(values[i]) for name, values in cells.items()} | {"labels": torch.tensor(l)}
+                for i, l in enumerate(labels)]
+    assert fit_linear_gene_scores(model, iter(streamed), max_streamed_cells=30)["cells"] == 25
+
+
+@pytest.mark.slow
+def test_fit_adds_linear_gene_scores_fitted_after_the_head_and_calibrates_the_sum(tmp_path, backbone):
+    from scinterpreter.calibration import fit_temperature
+
+    cells, labels = marker_cells()
+    result = fit(cells, labels, tiny_recipe(backbone, linear_gene_scores=True), tiny_args(tmp_path, num_train_epochs=2),
+                 gene_names=GENES)
+    model = result.model.eval()
+    assert model.config.linear_gene_scores and model.gene_score_weights.abs().sum() > 0
+    assert result.linear_gene_scores["cells"] == len(cells) - len(result.validation_cells)
+    validation = result.validation_cells
+    with torch.no_grad():  # on cells it was not fitted on, the linear part alone names the marker types
+        linear = model.linear_gene_scores(**result.processor(cells[validation], gene_names=GENES))
+    assert (linear.argmax(-1).numpy() == [result.label2id[label] for label in labels[validation]]).mean() > 0.8
+    logits = model(**result.processor(cells[validation], gene_names=GENES)).logits.detach().numpy()
+    references = [result.label2id[label] for label in labels[validation]]
+    assert result.calibration["temperature"] == pytest.approx(fit_temperature(logits, references), rel=1e-3)
