@@ -34,7 +34,8 @@ def test_a_shipped_folder_is_adapter_only_safetensors_and_json(name):
     assert files == set(zoo.MODEL_FILES) | {"held_out_cells.json"}
     config = json.loads((folder / "config.json").read_text())
     assert config["adapter_only"] and config["backbone_fingerprint"] and config["calibration_temperature"]
-    assert (folder / "model.safetensors").stat().st_size < 5e6
+    # Only the trained weights and the fitted linear gene scores (the full model would be ~150 MB).
+    assert (folder / "model.safetensors").stat().st_size < 10e6
     # Its held-out cells were neither trained on nor used for validation.
     assert json.loads((folder / "metrics.json").read_text())["split_file"].endswith(".json")
 
