@@ -80,10 +80,14 @@ class ScInterpreterConfig(PretrainedConfig):
             backbone's outputs at the cell's genes (twice the hidden size; beyond the paper).
         linear_gene_scores (`bool`, *optional*, defaults to `False`):
             Whether the logits add a linear read of the cell's chosen genes, `sum_g value_g * gene_score_weights[g]
-            + gene_score_bias` (buffers `gene_vocab_size x num_labels` and `num_labels`): a logistic regression on
+            + gene_score_bias` (0 for a gene without a weight): a logistic regression on
             the same genes and values the soft tokens carry, fitted on the training cells after the head is trained
             (`scinterpreter.training.fit_linear_gene_scores`), so that the logits are those of a product of the two
             experts. Beyond the paper: the frozen text embeddings blur which gene a token is; this term keeps it.
+            Only the genes with a weight are stored: `gene_score_genes` (their rows, sorted) and
+            `gene_score_weights` (`n_scored_genes x num_labels`).
+        n_scored_genes (`int`, *optional*, defaults to 0):
+            How many genes the linear gene scores hold weights for (set when they are fitted).
         calibration_temperature (`float`, *optional*):
             Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
             logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
@@ -135,6 +139,7 @@ class ScInterpreterConfig(PretrainedConfig):
         lora_target_modules=("q_proj", "v_proj"),
         cell_pooling="class_token",
         linear_gene_scores=False,
+        n_scored_genes=0,
         calibration_temperature=None,
         unassigned_threshold=None,
         unassigned_score="max_probability",
@@ -181,6 +186,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.lora_target_modules = list(lora_target_modules)
         self.cell_pooling = cell_pooling
         self.linear_gene_scores = bool(linear_gene_scores)
+        self.n_scored_genes = int(n_scored_genes)
         self.calibration_temperature = calibration_temperature
         if unassigned_score not in UNASSIGNED_SCORES:
             raise ScInterpreterInputError(

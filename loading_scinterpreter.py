@@ -30,7 +30,7 @@ CACHE_VARIABLE = "SCINTERPRETER_CACHE"
 DEFAULT_BACKBONE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Buffers that are trained state though no gradient reaches them (fitted on the training cells after training): an
 # adapter-only folder carries them, since no other place has them.
-TRAINED_BUFFERS = ("cell_type_centroids", "gene_score_weights", "gene_score_bias")
+TRAINED_BUFFERS = ("cell_type_centroids", "gene_score_genes", "gene_score_weights", "gene_score_bias")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 BACKBONE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKBONE_DTYPE_VARIABLE = "SCINTERPRETER_BACKBONE_DTYPE"

@@ -126,7 +126,7 @@ class ScInterpreterPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The trained parts stay in float32 whatever dtype the frozen backbone runs in.
     _keep_in_fp32_modules_strict = ["projector", "class_token", "head", "gene_embeddings", "gene_offsets", "lora_A",
-                                    "lora_B", "cell_type_centroids", "gene_score_weights", "gene_score_bias"]
+                                    "lora_B", "cell_type_centroids", "gene_score_genes", "gene_score_weights", "gene_score_bias"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -387,9 +387,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         self.register_buffer("cell_type_centroids", centroids)
         # The linear read of the chosen genes (`config.linear_gene_scores`), fitted after training
         # (`set_linear_gene_scores`); zero until then, so that it does not change the logits the head is trained on.
+        # Only the genes with a weight are stored (a few thousand of the table's tens of thousands), sorted.
         linear = config.linear_gene_scores
+        self.register_buffer("gene_score_genes",
+                             torch.zeros(config.n_scored_genes, dtype=torch.long) if linear else None)
         self.register_buffer("gene_score_weights",
-                             torch.zeros(config.gene_vocab_size, config.num_labels) if linear else None)
+                             torch.zeros(config.n_scored_genes, config.num_labels) if linear else None)
         self.register_buffer("gene_score_bias", torch.zeros(config.num_labels) if linear else None)
         self.post_init()
         self.freeze_backbone()
@@ -443,7 +446,13 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         values = gene_values.float()
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)
-        weights = self.gene_score_weights.float()[gene_ids]
+        scored = self.gene_score_genes
+        if len(scored):
+            row = torch.searchsorted(scored, gene_ids).clamp(max=len(scored) - 1)
+            values = values * (scored[row] == gene_ids).to(values.dtype)  # genes without a weight score 0
+            weights = self.gene_score_weights.float()[row]
+        else:
+            weights = self.gene_score_weights.new_zeros(*gene_ids.shape, self.config.num_labels)
         # An elementwise product and sum rather than a matmul: autocast would run a matmul in bfloat16.
         return (values.unsqueeze(-1) * weights).sum(1) + self.gene_score_bias.float()
 
@@ -451,7 +460,8 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
     def set_linear_gene_scores(self, weights: torch.Tensor, bias: torch.Tensor):
         r"""
         Stores the fitted linear gene scores (`scinterpreter.training.fit_linear_gene_scores`) in the buffers
-        `gene_score_weights` and `gene_score_bias`, saved with the weights (adapter-only folders included).
+        `gene_score_genes`, `gene_score_weights` (the rows of the genes with a weight) and `gene_score_bias`, saved
+        with the weights (adapter-only folders included).
 
         Args:
             weights (`torch.FloatTensor` of shape `(gene_vocab_size, num_labels)`): per gene and label.
@@ -462,9 +472,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             raise ValueError(f"linear gene scores must have shapes {expected} and {expected[1:]}, got "
                              f"{tuple(weights.shape)} and {tuple(bias.shape)}.")
         device = self.head.dense.weight.device
-        self.register_buffer("gene_score_weights", weights.detach().float().to(device))
+        weights = weights.detach().float()
+        genes = weights.any(-1).nonzero().squeeze(-1)
+        self.register_buffer("gene_score_genes", genes.to(device))
+        self.register_buffer("gene_score_weights", weights[genes].to(device))
         self.register_buffer("gene_score_bias", bias.detach().float().to(device))
-        self.config.linear_gene_scores = True
+        self.config.linear_gene_scores, self.config.n_scored_genes = True, len(genes)
 
     def probabilities(self, logits: torch.Tensor) -> torch.FloatTensor:
         """`softmax(logits / T)`, T the calibration temperature fitted on validation cells (1 where none was)."""

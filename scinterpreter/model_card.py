@@ -110,7 +110,7 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
     if getattr(config, "lora_rank", 0):
         trained.append(f"rank-{config.lora_rank} adapters of the backbone's attention")
     if getattr(config, "linear_gene_scores", False):
-        fitted = int((model.gene_score_weights != 0).any(-1).sum())
+        fitted = model.config.n_scored_genes
         selection += (" The logits add a logistic regression on the same genes and values (one weight per gene and "
                       f"cell type, for the {fitted:,} genes of the training cells), fitted on the training cells after "
                       "the head: the gene identities that the text embeddings blur.")

@@ -42,7 +42,7 @@ def test_adapter_folder_holds_only_trained_weights_and_reloads_to_identical_logi
     with safe_open(folder / "model.safetensors", framework="pt") as handle:
         keys = set(handle.keys())
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    fitted = {"gene_score_weights", "gene_score_bias"} if model.config.linear_gene_scores else set()
+    fitted = {"gene_score_genes", "gene_score_weights", "gene_score_bias"} if model.config.linear_gene_scores else set()
     assert keys == trained | fitted
     assert all(name.split(".")[1] in ("projector", "class_token") or name.startswith("head.")
                or name.endswith((".lora_A", ".lora_B")) for name in keys - fitted)
