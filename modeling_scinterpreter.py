@@ -407,17 +407,23 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         gene_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        linear_gene_ids: torch.LongTensor | None = None,
+        linear_gene_values: torch.FloatTensor | None = None,
+        linear_gene_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CellAnnotationOutput:
         r"""
         gene_ids, gene_values, gene_mask: as in [`ScInterpreterModel.forward`].
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Label indices in `[0, config.num_labels)`; when given, the output carries the cross-entropy loss.
+        linear_gene_ids, linear_gene_values, linear_gene_mask (*optional*): the longer gene list that the linear gene
+            scores read (the processor's `n_linear_genes`); without them they read the soft tokens' genes.
         """
         outputs = self.model(gene_ids, gene_values, gene_mask, output_hidden_states=output_hidden_states)
         logits = self.head(outputs.cell_embeddings.to(self.head.dense.weight.dtype))
         if self.gene_score_weights is not None:
-            logits = logits + self.linear_gene_scores(gene_ids, gene_values, gene_mask)
+            logits = logits + self.linear_gene_scores(gene_ids, gene_values, gene_mask, linear_gene_ids,
+                                                      linear_gene_values, linear_gene_mask)
         loss = None
         if labels is not None:
             weight = None
@@ -431,18 +437,27 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         )
 
     def linear_gene_scores(
-        self, gene_ids: torch.LongTensor, gene_values: torch.FloatTensor, gene_mask: torch.Tensor | None = None
+        self,
+        gene_ids: torch.LongTensor,
+        gene_values: torch.FloatTensor,
+        gene_mask: torch.Tensor | None = None,
+        linear_gene_ids: torch.LongTensor | None = None,
+        linear_gene_values: torch.FloatTensor | None = None,
+        linear_gene_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         The linear read of the cell's chosen genes that `forward` adds to the head's logits where
         `config.linear_gene_scores`: `sum_g gene_values[g] * gene_score_weights[gene_ids[g]] + gene_score_bias`
-        over the real genes.
+        over the real genes: those of the longer list `linear_gene_*` where given (the processor's `n_linear_genes`),
+        else the soft tokens' genes.
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_labels)`.
         """
         if self.gene_score_weights is None:
             raise ScInterpreterInputError("this model has no linear gene scores (config.linear_gene_scores is False).")
+        if linear_gene_ids is not None:
+            gene_ids, gene_values, gene_mask = linear_gene_ids, linear_gene_values, linear_gene_mask
         values = gene_values.float()
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)
@@ -560,6 +575,9 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         gene_mask: torch.Tensor | None = None,
         target: torch.LongTensor | None = None,
         max_batch: int = 256,
+        linear_gene_ids: torch.LongTensor | None = None,
+        linear_gene_values: torch.FloatTensor | None = None,
+        linear_gene_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         r"""
         Leave-one-gene-out attributions: how much the `target` label's logit drops when one gene is removed from the
@@ -570,6 +588,8 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             gene_ids, gene_values, gene_mask: as in [`ScInterpreterModel.forward`].
             target (`torch.LongTensor` of shape `(batch_size,)`, *optional*): label per cell (default: predicted).
             max_batch (`int`, *optional*, defaults to 256): cells with one gene removed per forward pass.
+            linear_gene_ids, linear_gene_values, linear_gene_mask (*optional*): as in [`forward`]; a removed gene
+                leaves this list too.
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, n_top_genes)`: the logit drop per gene, 0 at padding.
@@ -577,7 +597,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         batch_size, n_genes = gene_ids.shape
         if gene_mask is None:
             gene_mask = torch.ones_like(gene_ids)
-        full = self(gene_ids, gene_values, gene_mask).logits
+        linear = {}
+        if linear_gene_ids is not None:
+            linear = {"linear_gene_ids": linear_gene_ids, "linear_gene_values": linear_gene_values,
+                      "linear_gene_mask": torch.ones_like(linear_gene_ids) if linear_gene_mask is None
+                      else linear_gene_mask}
+        full = self(gene_ids, gene_values, gene_mask, **linear).logits
         target = full.argmax(-1) if target is None else target
         positions = torch.arange(n_genes, device=gene_ids.device)
         # Row j of `keep` lists the positions of a cell without gene j; the freed last place becomes padding.
@@ -587,6 +612,15 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             "gene_values": gene_values[:, keep].reshape(-1, n_genes),
             "gene_mask": (gene_mask[:, keep] * (positions < n_genes - 1).to(gene_mask.dtype)).reshape(-1, n_genes),
         }
+        if linear:
+            # Row (cell, j) of the longer list: the cell's list without gene j (the padding's id 0 matches nothing,
+            # since padding is masked out already).
+            removed = torch.where(gene_mask.bool(), gene_ids, torch.full_like(gene_ids, -1))
+            kept = (linear["linear_gene_ids"][:, None, :] != removed[:, :, None]).to(linear["linear_gene_mask"].dtype)
+            without["linear_gene_ids"] = linear["linear_gene_ids"].repeat_interleave(n_genes, 0)
+            without["linear_gene_values"] = linear["linear_gene_values"].repeat_interleave(n_genes, 0)
+            without["linear_gene_mask"] = (linear["linear_gene_mask"][:, None, :] * kept).reshape(
+                batch_size * n_genes, -1)
         logits = torch.cat([self(**{name: tensor[start : start + max_batch] for name, tensor in without.items()}).logits
                             for start in range(0, batch_size * n_genes, max_batch)])
         target_logits = logits.reshape(batch_size, n_genes, -1).gather(

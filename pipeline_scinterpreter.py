@@ -104,7 +104,7 @@ class CellAnnotationPipeline(Pipeline):
     def preprocess(self, expression, gene_names=None, layer=None, refit_reference=False):
         processor = self._refitted_processor(expression, gene_names, layer) if refit_reference else self.processor
         encoded = processor(expression, gene_names=gene_names, layer=layer, return_tensors="pt")
-        return {name: encoded[name] for name in ("gene_ids", "gene_values", "gene_mask")}
+        return dict(encoded)  # the soft tokens' genes, and the linear gene scores' longer list where the processor has one
 
     def get_inference_context(self):
         # Lighter than the base class's no_grad: nothing here is ever differentiated.

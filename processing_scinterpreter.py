@@ -33,6 +33,10 @@ MIN_MATCHED_GENES = 10
 CHUNK_SIZE = 512
 
 
+# What the processor may return and the model reads: the soft tokens' genes, then the linear gene scores' longer list.
+MODEL_INPUT_NAMES = ("gene_ids", "gene_values", "gene_mask", "linear_gene_ids", "linear_gene_values", "linear_gene_mask")
+
+
 class ScInterpreterProcessor(FeatureExtractionMixin):
     r"""
     Turns expression data into scInterpreter inputs: per cell, the `n_top_genes` matched genes of highest normalised
@@ -41,6 +45,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
     Args:
         gene_vocab (`list[str]`): the model's gene symbols; row `i` of the model's gene table is `gene_vocab[i]`.
         n_top_genes (`int`, *optional*, defaults to 64): genes kept per cell.
+        n_linear_genes (`int`, *optional*, defaults to 0): where above 0, each cell's first `n_linear_genes` genes by
+            the same ranking are also returned, as `linear_gene_ids`, `linear_gene_values` and `linear_gene_mask`,
+            for the model's linear gene scores (which read the soft tokens' genes where these are absent). The first
+            `n_top_genes` of them are the soft tokens' genes.
         target_sum (`float`, *optional*, defaults to 1e4): per-cell total that raw counts are scaled to before log1p.
         input_kind (`str`, *optional*, defaults to `"auto"`): `"counts"` (raw counts: normalise and log1p),
             `"log1p"` (already log-normalised: use as is) or `"auto"` (integers are counts, anything else log1p).
@@ -61,12 +69,13 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             the vocabulary, for matching the data's gene names (`GeneMatcher`, whose docstring gives the rules).
     """
 
-    model_input_names = ["gene_ids", "gene_values", "gene_mask"]
+    model_input_names = list(MODEL_INPUT_NAMES)
 
     def __init__(
         self,
         gene_vocab=None,
         n_top_genes=64,
+        n_linear_genes=0,
         target_sum=1e4,
         input_kind="auto",
         gene_selection=None,
@@ -99,6 +108,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             raise ScInterpreterInputError(f"token_value must be one of {TOKEN_VALUES}, got {token_value!r}.")
         self.gene_vocab = list(gene_vocab or [])
         self.n_top_genes = int(n_top_genes)
+        self.n_linear_genes = int(n_linear_genes or 0)
         self.target_sum = float(target_sum)
         self.input_kind = input_kind
         self.gene_selection = gene_selection
@@ -225,7 +235,8 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
 
         Returns:
             [`BatchFeature`] with `gene_ids` (long), `gene_values` (float) and `gene_mask` (long), each of shape
-            `(n_cells, n_top_genes)`.
+            `(n_cells, n_top_genes)`; where `n_linear_genes`, also `linear_gene_ids`, `linear_gene_values` and
+            `linear_gene_mask`, each of shape `(n_cells, n_linear_genes)`.
         """
         needs_reference = "excess" in (self.selection, self.token_value)
         if needs_reference and not self.is_fitted:
@@ -236,20 +247,30 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         reference = self.reference_profile() if needs_reference else None
         excluded = self.excluded_vocab_rows() if self.exclude_genes is not None else None
 
+        # One ranking for both lists: a stable sort makes the first `n_top_genes` of the longer list the top genes.
+        n_ranked = max(self.n_top_genes, self.n_linear_genes)
+
         def rank(values, vocab_ids):
-            return top_genes(values, vocab_ids, self.n_top_genes, self.selection, self.token_value, reference, excluded)
+            return top_genes(values, vocab_ids, n_ranked, self.selection, self.token_value, reference, excluded)
 
         parts, _ = self._map_chunks(rank, expression, gene_names, layer, min_matched_genes, show_progress)
-        gene_ids, gene_values, gene_mask = (np.concatenate(p) for p in zip(*parts))
+        ranked_ids, ranked_values, ranked_mask = (np.concatenate(p) for p in zip(*parts))
+        gene_ids, gene_values, gene_mask = (part[:, : self.n_top_genes] for part in (ranked_ids, ranked_values,
+                                                                                    ranked_mask))
         if not gene_mask.any():
             raise ScInterpreterInputError(
                 f"no cell expresses any of the model's genes (all {len(gene_mask)} cells are zero on the matched "
                 "genes): check that the matrix holds expression values and that cells are rows."
             )
         data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
+        if self.n_linear_genes:
+            data.update({"linear_gene_ids": ranked_ids[:, : self.n_linear_genes].astype(np.int64),
+                         "linear_gene_values": ranked_values[:, : self.n_linear_genes],
+                         "linear_gene_mask": ranked_mask[:, : self.n_linear_genes].astype(np.int64)})
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
 # Re-exported where they lived before gene_matching_scinterpreter.py and features_scinterpreter.py.
-__all__ = ["EXCLUDE_PRESETS", "GENE_SELECTIONS", "GeneMatchReport", "INPUT_KINDS", "ScInterpreterInputError",
+__all__ = ["EXCLUDE_PRESETS", "GENE_SELECTIONS", "GeneMatchReport", "INPUT_KINDS", "MODEL_INPUT_NAMES",
+           "ScInterpreterInputError",
            "ScInterpreterProcessor", "TOKEN_VALUES", "detect_gene_id_style"]

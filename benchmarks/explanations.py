@@ -32,8 +32,14 @@ def without_positions(inputs, removed):
     order = torch.argsort(removed.long(), dim=1, stable=True)  # kept positions first, in their order
     n_kept = (~removed).sum(1, keepdim=True)
     positions = torch.arange(removed.shape[1])[None, :]
-    return {"gene_ids": inputs["gene_ids"].gather(1, order), "gene_values": inputs["gene_values"].gather(1, order),
+    kept = {"gene_ids": inputs["gene_ids"].gather(1, order), "gene_values": inputs["gene_values"].gather(1, order),
             "gene_mask": inputs["gene_mask"].gather(1, order) * (positions < n_kept).long()}
+    if "linear_gene_ids" in inputs:  # the removed genes leave the linear gene scores' list too
+        gone = torch.where(removed & inputs["gene_mask"].bool(), inputs["gene_ids"], -1)
+        still = (inputs["linear_gene_ids"][:, :, None] != gone[:, None, :]).all(-1)
+        kept.update({"linear_gene_ids": inputs["linear_gene_ids"], "linear_gene_values": inputs["linear_gene_values"],
+                     "linear_gene_mask": inputs["linear_gene_mask"] * still.long()})
+    return kept
 
 
 def main(argv=None):

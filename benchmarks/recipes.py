@@ -62,6 +62,9 @@ OPTIONS = {
     "random_genes": {"gene_encoder": "random"},
     "linear_genes": {"linear_gene_scores": True},
     "no_linear_genes": {"linear_gene_scores": False},
+    "linear_tokens_only": {"n_linear_genes": 0},
+    "linear_genes256": {"n_linear_genes": 256},
+    "no_head_temperature": {"head_temperature": False},
 }
 
 
@@ -72,6 +75,8 @@ FIELDS_ADDED_LATER = {
     "gene_dropout": _FOLDER_DEFAULTS.gene_dropout,
     "unassigned_score": _FOLDER_DEFAULTS.unassigned_score,
     "linear_gene_scores": _FOLDER_DEFAULTS.linear_gene_scores,
+    "n_linear_genes": 0,  # a processor field: a folder without it reads the soft tokens' genes
+    "head_temperature": False,
     "calibrate": False,  # not a config field: older models were not calibrated (no calibration_temperature)
 }
 # Recipe fields since removed, and the value with which a record's recipe is today's (`class_weighting` measured worse).
@@ -174,6 +179,10 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
                         **{name: tensor.to(result.model.device) for name, tensor in inputs.items()}).float().cpu().numpy()
                 metrics["without_linear_gene_scores"] = score(references, (logits - linear).argmax(-1))
                 metrics["linear_gene_scores_only"] = score(references, linear.argmax(-1))
+                head_temperature = result.linear_gene_scores.get("head_temperature")
+                if head_temperature:  # the same parts added without dividing the head by its temperature
+                    metrics["without_head_temperature"] = score(
+                        references, ((logits - linear) * head_temperature + linear).argmax(-1))
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
                 calibrated = softmax(logits, calibration["temperature"])
@@ -201,7 +210,7 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         **{k: metrics[k] for k in ("test_reference_refit", "test_embedding_probe", "without_linear_gene_scores",
-                                   "linear_gene_scores_only") if k in metrics},
+                                   "linear_gene_scores_only", "without_head_temperature") if k in metrics},
         **({"linear_gene_scores": result.linear_gene_scores} if result.linear_gene_scores else {}),
         **{k: metrics[k] for k in ("test_ece_before", "test_ece_after", "test_ece_floor") if k in metrics},
         "calibration": result.calibration,

@@ -119,7 +119,10 @@ def build_model(
     model.model.load_backbone_weights(language_model.state_dict())
     model.model.gene_embeddings.copy_(torch.from_numpy(gene_table.embeddings))
     model.set_backbone_dtype(backbone_dtype).freeze_backbone()
-    processor = build_processor(gene_table, **{name: getattr(recipe, name) for name in PROCESSOR_FIELDS})
+    processor_fields = {name: getattr(recipe, name) for name in PROCESSOR_FIELDS}
+    if not recipe.linear_gene_scores:  # nothing would read the longer list
+        processor_fields["n_linear_genes"] = 0
+    processor = build_processor(gene_table, **processor_fields)
     return model, processor
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from processing_scinterpreter import ScInterpreterInputError
+from processing_scinterpreter import MODEL_INPUT_NAMES, ScInterpreterInputError
 
 from .optional import require
 
@@ -89,10 +89,12 @@ def split_cells(adata, labels, split_file=None, fold=None, test_size=0.2, seed=0
 
 
 class CellDataset(torch.utils.data.Dataset):
-    """Processor outputs (and label ids) as a map-style dataset of per-cell dicts for `Trainer`."""
+    """Processor outputs (and label ids) as a map-style dataset of per-cell dicts for `Trainer`: the soft tokens'
+    genes and, where the processor gives them, the linear gene scores' longer list (`linear_gene_*`)."""
 
     def __init__(self, encoded, labels=None):
-        self.features = {name: torch.as_tensor(encoded[name]) for name in ("gene_ids", "gene_values", "gene_mask")}
+        self.features = {name: torch.as_tensor(values) for name, values in encoded.items()
+                         if name in MODEL_INPUT_NAMES}
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self):

@@ -5,7 +5,7 @@
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
 Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`,
-`linear_gene_scores`), the folder default is the older behaviour.
+`linear_gene_scores`, `n_linear_genes`), the folder default is the older behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from .backbone import DEFAULT_BACKBONE
 # (`soft_token_rms` reaches the config resolved to a number; `unassigned_score` when `fit` calibrates.)
 CONFIG_FIELDS = ("n_top_genes", "head_hidden_size", "head_norm", "label_smoothing", "gene_offsets", "gene_dropout",
                  "lora_rank", "lora_alpha", "cell_pooling", "linear_gene_scores")
-PROCESSOR_FIELDS = ("n_top_genes", "gene_selection", "token_value", "exclude_genes")
+PROCESSOR_FIELDS = ("n_top_genes", "n_linear_genes", "gene_selection", "token_value", "exclude_genes")
 
 
 @dataclass
@@ -89,6 +89,18 @@ class Recipe:
         metadata={"help": "Add to the head's logits a logistic regression on the cell's chosen genes and their values, "
                           "fitted on the training cells after the head (beyond the paper: the gene identities that "
                           "the frozen text embeddings blur; docs/experiments.md, session 14); false: the head alone."},
+    )
+    n_linear_genes: int = field(
+        default=1024,
+        metadata={"help": "Genes per cell that the linear gene scores read, by the same ranking as the soft tokens "
+                          "(1024 over the 32 soft tokens' genes: docs/experiments.md, session 15); 0: the soft "
+                          "tokens' genes."},
+    )
+    head_temperature: bool = field(
+        default=True,
+        metadata={"help": "Before the linear gene scores are fitted, divide the head's logits by the temperature that "
+                          "calibrates them on the validation cells, so that the two parts are added as calibrated "
+                          "experts (docs/experiments.md, session 15)."},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
     class_balance: float = field(

@@ -74,7 +74,7 @@ class StreamingCells(torch.utils.data.IterableDataset):
     def _encode(self, rows):
         encoded = self.processor(self._matrix(rows), gene_names=list(self.gene_names), return_tensors="pt")
         for i, row in enumerate(rows):
-            item = {name: encoded[name][i] for name in ("gene_ids", "gene_values", "gene_mask")}
+            item = {name: values[i] for name, values in encoded.items()}
             if self.label_column in row:
                 label = row[self.label_column]
                 label = self.label2id.get(str(label), -100) if self.label2id is not None else label

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from transformers import HfArgumentParser, pipeline, set_seed
 
-from processing_scinterpreter import ScInterpreterInputError
+from processing_scinterpreter import MODEL_INPUT_NAMES, ScInterpreterInputError
 
 from .data import CellDataset, check_label_column, read_h5ad, split_cells
 from .demo_data import DEMO_DATASETS, fetch_demo_dataset
@@ -223,7 +223,7 @@ def parts_of_the_logits(model, inputs, logits, references) -> dict:
     with torch.no_grad():
         linear = np.concatenate([model.linear_gene_scores(**{
             name: torch.as_tensor(inputs[name][start:start + 4096]).to(model.device)
-            for name in ("gene_ids", "gene_values", "gene_mask")}).cpu().numpy()
+            for name in inputs if name in MODEL_INPUT_NAMES}).cpu().numpy()
             for start in range(0, len(inputs["gene_ids"]), 4096)])
     parts = {}
     for name, part in (("test_head_alone", logits - linear), ("test_linear_gene_scores_alone", linear)):

@@ -287,7 +287,12 @@ def fit_datasets(
 
     linear_gene_scores = {}
     if trainer.model.config.linear_gene_scores:
+        head_temperature = None
+        if recipe.head_temperature and has_validation:
+            head_temperature = divide_head_by_its_temperature(trainer, eval_sets[VALIDATION])
         linear_gene_scores = fit_linear_gene_scores(trainer.model, train_dataset)
+        if head_temperature is not None:
+            linear_gene_scores["head_temperature"] = head_temperature
     calibration = {}
     if recipe.calibrate and has_validation:
         calibration = calibrate(trainer, eval_sets[VALIDATION], recipe.unassigned_score, training_cells=train_dataset)
@@ -303,12 +308,32 @@ def fit_datasets(
                      calibration=calibration, linear_gene_scores=linear_gene_scores)
 
 
+def divide_head_by_its_temperature(trainer, validation_cells) -> float:
+    """
+    Fits the temperature that calibrates the head's logits on the validation cells (before the linear gene scores are
+    fitted, the model's logits are the head's) and divides the head's output layer by it, so that the linear gene
+    scores are added to calibrated log-odds: an overconfident head would otherwise outvote them where it is wrong.
+    Predictions of the head alone do not change. Returns the temperature.
+    """
+    import torch
+
+    from .calibration import fit_temperature
+
+    prediction = trainer.predict(validation_cells, metric_key_prefix="head_calibration")
+    temperature = round(fit_temperature(prediction.predictions[0], prediction.label_ids), 4)
+    with torch.no_grad():
+        trainer.model.head.out_proj.weight.div_(temperature)
+        trainer.model.head.out_proj.bias.div_(temperature)
+    logger.info(f"head divided by its validation temperature {temperature}")
+    return temperature
+
+
 def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000,
                            max_streamed_cells: int = 200_000) -> dict:
     """
     Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
     model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
-    cell, each carrying its token value (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
+    cell (its `linear_gene_*` list where it gives one, else the soft tokens' genes), each carrying its token value (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
     scikit-learn's objective, `C * sum of the cross-entropies + |weights|^2 / 2` (`C = inverse_regularization`), by
     L-BFGS. Fitted apart from the head, on the same cells, so that neither learns to lean on the other's fit of the
     training cells; the model's logits are then the sum of the two (a product of experts), calibrated after. Cell
@@ -332,7 +357,7 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
 
         items = list(islice(iter(cells), max_streamed_cells))
         features = {name: torch.stack([torch.as_tensor(item[name]) for item in items])
-                    for name in ("gene_ids", "gene_values", "gene_mask")} if items else None
+                    for name in items[0] if name != "labels"} if items else None
         labels = torch.as_tensor([int(item["labels"]) for item in items]) if items and "labels" in items[0] else None
     if labels is None:
         raise ScInterpreterInputError("linear gene scores are fitted on labelled cells; the training cells have none.")
@@ -340,13 +365,15 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     if not known.any():
         raise ScInterpreterInputError("linear gene scores are fitted on labelled cells; no training cell has a known "
                                       "cell type.")
-    features, labels = {name: tensor[known] for name, tensor in features.items()}, labels[known].long()
+    # The processor's longer list where it gives one (`n_linear_genes`), else the soft tokens' genes.
+    prefix = "linear_" if "linear_gene_ids" in features else ""
+    gene_ids, gene_values = features[f"{prefix}gene_ids"][known], features[f"{prefix}gene_values"][known]
+    real, labels = features[f"{prefix}gene_mask"][known].bool(), labels[known].long()
     present, labels = torch.unique(labels, return_inverse=True)
-    real = features["gene_mask"].bool()
     cell_of = torch.arange(len(real))[:, None].expand_as(real)[real]
-    genes, columns = torch.unique(features["gene_ids"].long()[real], return_inverse=True)  # genes some cell has
+    genes, columns = torch.unique(gene_ids.long()[real], return_inverse=True)  # genes some cell has
     n_cells, n_labels = len(real), model.config.num_labels
-    design = torch.sparse_coo_tensor(torch.stack([cell_of, columns]), features["gene_values"].double()[real],
+    design = torch.sparse_coo_tensor(torch.stack([cell_of, columns]), gene_values.double()[real],
                                      (n_cells, len(genes)), check_invariants=True).coalesce()
     weights = torch.zeros(len(genes), len(present), dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(len(present), dtype=torch.float64, requires_grad=True)
