@@ -457,7 +457,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         if self.gene_score_weights is None:
             raise ScInterpreterInputError("this model has no linear gene scores (config.linear_gene_scores is False).")
         if linear_gene_ids is not None:
-            gene_ids, gene_values, gene_mask = linear_gene_ids, linear_gene_values, linear_gene_mask
+            gene_ids, gene_values, gene_mask = linear_gene_ids.long(), linear_gene_values, linear_gene_mask
         values = gene_values.float()
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)

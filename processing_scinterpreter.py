@@ -235,8 +235,8 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
 
         Returns:
             [`BatchFeature`] with `gene_ids` (long), `gene_values` (float) and `gene_mask` (long), each of shape
-            `(n_cells, n_top_genes)`; where `n_linear_genes`, also `linear_gene_ids`, `linear_gene_values` and
-            `linear_gene_mask`, each of shape `(n_cells, n_linear_genes)`.
+            `(n_cells, n_top_genes)`; where `n_linear_genes`, also `linear_gene_ids` (int32), `linear_gene_values` and
+            `linear_gene_mask` (int8), each of shape `(n_cells, n_linear_genes)`.
         """
         needs_reference = "excess" in (self.selection, self.token_value)
         if needs_reference and not self.is_fitted:
@@ -264,9 +264,11 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             )
         data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
         if self.n_linear_genes:
-            data.update({"linear_gene_ids": ranked_ids[:, : self.n_linear_genes].astype(np.int64),
+            # Narrower integers than the soft tokens': this list is 30 times longer, and a pipeline holds it for every
+            # cell it annotates.
+            data.update({"linear_gene_ids": ranked_ids[:, : self.n_linear_genes].astype(np.int32),
                          "linear_gene_values": ranked_values[:, : self.n_linear_genes],
-                         "linear_gene_mask": ranked_mask[:, : self.n_linear_genes].astype(np.int64)})
+                         "linear_gene_mask": ranked_mask[:, : self.n_linear_genes].astype(np.int8)})
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 

@@ -83,6 +83,8 @@ FIELDS_ADDED_LATER = {
 FIELDS_REMOVED = {"class_weighting": "none"}
 # Fields that change no prediction (only probabilities' temperature and the Unassigned cut-off) or are this machine's.
 NOT_PREDICTIVE = {"calibrate", "unassigned_score", "backbone_dtype"}
+# Fields that only the linear gene scores use.
+LINEAR_ONLY = {"n_linear_genes", "head_temperature"}
 
 
 def option_against_today(record: dict) -> str:
@@ -100,6 +102,8 @@ def option_against_today(record: dict) -> str:
         raise ValueError(f"a record's recipe lacks {unknown}: add what the recipe did before them to FIELDS_ADDED_LATER")
     changed = {name: ran[name] for name in ran
                if name not in NOT_PREDICTIVE and ran[name] != today.get(name)}
+    if not ran["linear_gene_scores"]:  # then what the linear gene scores read, and how they are added, changes nothing
+        changed = {name: value for name, value in changed.items() if name not in LINEAR_ONLY}
     changed.update({k: v for k, v in record.get("changes", {}).items() if k not in ran})  # training arguments
     names = []
     for name, option in OPTIONS.items():

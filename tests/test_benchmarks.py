@@ -244,3 +244,18 @@ def test_records_from_before_linear_gene_scores_keep_their_option_name():
     assert option_against_today({"recipe": {**today, "linear_gene_scores": not today["linear_gene_scores"]},
                                  "changes": {}}) == ("linear_genes" if not today["linear_gene_scores"]
                                                      else "no_linear_genes")
+
+
+def test_records_from_before_the_longer_linear_gene_list_are_named_by_what_they_lack():
+    from dataclasses import asdict
+
+    from recipes import option_against_today
+
+    from scinterpreter.recipe import Recipe
+
+    today = asdict(Recipe())
+    session14 = {k: v for k, v in today.items() if k not in ("n_linear_genes", "head_temperature")}
+    assert option_against_today({"recipe": session14, "changes": {}}) == "linear_tokens_only+no_head_temperature"
+    # Without linear gene scores, what they would read changes nothing.
+    assert option_against_today({"recipe": {**session14, "linear_gene_scores": False}, "changes": {}}) == \
+        "no_linear_genes"

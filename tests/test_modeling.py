@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 
 from configuration_scinterpreter import ScInterpreterInputError
 from modeling_scinterpreter import ScInterpreterForCellAnnotation, ScInterpreterModel
+from processing_scinterpreter import ScInterpreterProcessor
 
 TRAINABLE_PREFIXES = ("model.projector.", "model.class_token", "head.")
 
@@ -350,3 +351,34 @@ def test_a_folder_saved_before_linear_gene_scores_loads_as_before(tmp_path, tiny
     assert reloaded.gene_score_weights is None and not reloaded.config.linear_gene_scores
     inputs = batch(processor, counts)
     torch.testing.assert_close(reloaded(**inputs).logits, tiny_model(**inputs).logits)
+
+
+def test_linear_gene_scores_read_the_longer_gene_list_where_the_processor_gives_one(counts):
+    extended = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=20)
+    model = make_tiny_model(linear_gene_scores=True)
+    torch.manual_seed(4)
+    weights, bias = torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS))
+    model.set_linear_gene_scores(weights, bias)
+    inputs = batch(extended, counts)
+    tokens_only = {name: tensor for name, tensor in inputs.items() if not name.startswith("linear_")}
+    mask = inputs["linear_gene_mask"].float()
+    expected = ((inputs["linear_gene_values"] * mask)[..., None] * weights[inputs["linear_gene_ids"]]).sum(1) + bias
+    torch.testing.assert_close(model.linear_gene_scores(**inputs), expected)
+    head = model(**tokens_only).logits - model.linear_gene_scores(**tokens_only)
+    torch.testing.assert_close(model(**inputs).logits, head + expected)
+    # Leaving a soft token's gene out removes it from the longer list too.
+    attributions = model.gene_attributions(**inputs)
+    cell, position = 0, 2
+    gene = inputs["gene_ids"][cell, position]
+    keep = torch.arange(8) != position
+    without = {
+        "gene_ids": torch.cat([inputs["gene_ids"][cell, keep], inputs["gene_ids"][cell, :1]])[None],
+        "gene_values": torch.cat([inputs["gene_values"][cell, keep], inputs["gene_values"][cell, :1]])[None],
+        "gene_mask": torch.cat([inputs["gene_mask"][cell, keep], torch.zeros(1, dtype=torch.long)])[None],
+        "linear_gene_ids": inputs["linear_gene_ids"][cell][None],
+        "linear_gene_values": inputs["linear_gene_values"][cell][None],
+        "linear_gene_mask": (inputs["linear_gene_mask"][cell] * (inputs["linear_gene_ids"][cell] != gene))[None],
+    }
+    target = model(**inputs).logits[cell].argmax()
+    drop = model(**inputs).logits[cell, target] - model(**without).logits[0, target]
+    torch.testing.assert_close(attributions[cell, position], drop, atol=1e-5, rtol=1e-5)

@@ -436,3 +436,23 @@ def test_refit_reference_annotates_as_a_processor_fitted_on_the_given_cells(tmp_
     assert shown(annotate(batch, gene_names=GENES, explain=8)) == genes_shown(fitted) != genes_shown(refitted)
     # The pipeline's own processor keeps the training reference.
     assert annotate.processor.reference_means == fitted.reference_means
+
+
+def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_explains(tmp_path, counts):
+    from conftest import make_tiny_model
+
+    from processing_scinterpreter import ScInterpreterProcessor
+    from scinterpreter.build import save_model_folder
+
+    model = make_tiny_model(linear_gene_scores=True)
+    torch.manual_seed(5)
+    model.set_linear_gene_scores(torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS)))
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=20)
+    folder = save_model_folder(model, processor, tmp_path / "linear-model")
+    annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+    results = annotate(counts, gene_names=GENES, explain=3)
+    inputs = processor(counts, gene_names=GENES)
+    with torch.no_grad():
+        expected = model(**inputs).logits.argmax(-1)  # the longer list's scores included
+    assert [r["label"] for r in results] == [model.config.id2label[int(i)] for i in expected]
+    assert all(len(r["genes"]) == 3 for r in results)

@@ -220,3 +220,24 @@ def test_fitted_reference_is_saved_as_json_and_loads_as_remote_code(tmp_path):
     assert loaded.is_fitted and loaded.selection == "excess"
     for key, value in processor(values, gene_names=GENES, return_tensors="np").items():
         np.testing.assert_array_equal(loaded(values, gene_names=GENES, return_tensors="np")[key], value)
+
+
+def test_the_linear_gene_list_extends_the_soft_tokens_genes_by_the_same_ranking(tmp_path, counts):
+    from conftest import tiny_config
+
+    from scinterpreter.build import register_auto_classes
+
+    short = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8)
+    extended = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=20)
+    plain, both = short(counts, gene_names=GENES, return_tensors="np"), extended(counts, gene_names=GENES,
+                                                                                return_tensors="np")
+    assert set(plain) == {"gene_ids", "gene_values", "gene_mask"}
+    for name in ("gene_ids", "gene_values", "gene_mask"):
+        np.testing.assert_array_equal(both[name], plain[name])  # the soft tokens do not change
+        np.testing.assert_array_equal(both[f"linear_{name}"][:, :8], plain[name])  # and lead the longer list
+        assert both[f"linear_{name}"].shape == (len(counts), 20)
+    longest = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=20)(counts, gene_names=GENES, return_tensors="np")
+    np.testing.assert_array_equal(both["linear_gene_ids"], longest["gene_ids"])
+    register_auto_classes(tiny_config())
+    extended.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True).n_linear_genes == 20

@@ -286,11 +286,12 @@ def test_fit_adds_linear_gene_scores_fitted_after_the_head_and_calibrates_the_su
     from scinterpreter.calibration import fit_temperature
 
     cells, labels = marker_cells()
-    result = fit(cells, labels, tiny_recipe(backbone, linear_gene_scores=True), tiny_args(tmp_path, num_train_epochs=2),
-                 gene_names=GENES)
+    result = fit(cells, labels, tiny_recipe(backbone, linear_gene_scores=True, n_linear_genes=12),
+                 tiny_args(tmp_path, num_train_epochs=2), gene_names=GENES)
     model = result.model.eval()
     assert model.config.linear_gene_scores and model.gene_score_weights.abs().sum() > 0
     assert result.linear_gene_scores["cells"] == len(cells) - len(result.validation_cells)
+    assert result.processor.n_linear_genes == 12 and result.linear_gene_scores["head_temperature"] > 0
     validation = result.validation_cells
     with torch.no_grad():  # on cells it was not fitted on, the linear part alone names the marker types
         linear = model.linear_gene_scores(**result.processor(cells[validation], gene_names=GENES))
@@ -298,3 +299,44 @@ def test_fit_adds_linear_gene_scores_fitted_after_the_head_and_calibrates_the_su
     logits = model(**result.processor(cells[validation], gene_names=GENES)).logits.detach().numpy()
     references = [result.label2id[label] for label in labels[validation]]
     assert result.calibration["temperature"] == pytest.approx(fit_temperature(logits, references), rel=1e-3)
+
+
+def test_linear_gene_scores_are_fitted_on_the_longer_gene_list_where_the_cells_have_one():
+    from types import SimpleNamespace
+
+    from scinterpreter.data import CellDataset
+    from scinterpreter.training import fit_linear_gene_scores
+
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 10, (80, 3))
+    longer = np.concatenate([tokens, rng.integers(10, 26, (80, 4)), rng.integers(26, 30, (80, 1))], axis=1)
+    labels = longer[:, -1] % 2  # decided by one of 4 genes that only the longer list holds
+    stored = {}
+    model = SimpleNamespace(config=SimpleNamespace(gene_vocab_size=30, num_labels=2),
+                            set_linear_gene_scores=lambda weights, bias: stored.update(weights=weights, bias=bias))
+    cells = {"gene_ids": tokens, "gene_values": np.ones((80, 3), np.float32), "gene_mask": np.ones((80, 3)),
+             "linear_gene_ids": longer, "linear_gene_values": np.ones((80, 8), np.float32),
+             "linear_gene_mask": np.ones((80, 8))}
+    info = fit_linear_gene_scores(model, CellDataset(cells, labels))
+    assert stored["weights"][26:].abs().min() > 0.5 and info["training_accuracy"] > 0.9
+    assert info["genes"] == len(np.unique(longer))
+
+
+def test_the_head_is_divided_by_the_temperature_that_calibrates_it_on_the_validation_cells():
+    from types import SimpleNamespace
+
+    from scinterpreter.calibration import fit_temperature
+    from scinterpreter.training import divide_head_by_its_temperature
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, (50, 3)).astype(np.float32)
+    labels = np.where(rng.random(50) < 0.6, logits.argmax(-1), rng.integers(0, 3, 50))  # overconfident
+    head = SimpleNamespace(out_proj=torch.nn.Linear(4, 3))
+    weight, bias = head.out_proj.weight.detach().clone(), head.out_proj.bias.detach().clone()
+    trainer = SimpleNamespace(model=SimpleNamespace(head=head),
+                              predict=lambda cells, metric_key_prefix: SimpleNamespace(predictions=(logits,),
+                                                                                       label_ids=labels))
+    temperature = divide_head_by_its_temperature(trainer, None)
+    assert temperature == pytest.approx(fit_temperature(logits, labels), rel=1e-3) and temperature > 1
+    torch.testing.assert_close(head.out_proj.weight, weight / temperature)
+    torch.testing.assert_close(head.out_proj.bias, bias / temperature)
