@@ -88,6 +88,9 @@ class ScInterpreterConfig(PretrainedConfig):
             `gene_score_weights` (`n_scored_genes x num_labels`).
         n_scored_genes (`int`, *optional*, defaults to 0):
             How many genes the linear gene scores hold weights for (set when they are fitted).
+        n_linear_input_genes (`int`, *optional*, defaults to 0):
+            The length of the gene list the linear gene scores were fitted on (set when they are fitted): 0, the soft
+            tokens' genes; else the processor's `linear_gene_*` list (`n_linear_genes`), which the model then requires.
         calibration_temperature (`float`, *optional*):
             Temperature fitted on validation cells after training (`scinterpreter.training.fit`); the pipeline turns
             logits into probabilities as `softmax(logits / calibration_temperature)`. None: no calibration (1).
@@ -140,6 +143,7 @@ class ScInterpreterConfig(PretrainedConfig):
         cell_pooling="class_token",
         linear_gene_scores=False,
         n_scored_genes=0,
+        n_linear_input_genes=0,
         calibration_temperature=None,
         unassigned_threshold=None,
         unassigned_score="max_probability",
@@ -187,6 +191,7 @@ class ScInterpreterConfig(PretrainedConfig):
         self.cell_pooling = cell_pooling
         self.linear_gene_scores = bool(linear_gene_scores)
         self.n_scored_genes = int(n_scored_genes)
+        self.n_linear_input_genes = int(n_linear_input_genes)
         self.calibration_temperature = calibration_temperature
         if unassigned_score not in UNASSIGNED_SCORES:
             raise ScInterpreterInputError(

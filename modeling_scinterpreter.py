@@ -456,6 +456,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         """
         if self.gene_score_weights is None:
             raise ScInterpreterInputError("this model has no linear gene scores (config.linear_gene_scores is False).")
+        if linear_gene_ids is None and self.config.n_linear_input_genes:
+            raise ScInterpreterInputError(
+                f"this model's linear gene scores read each cell's first {self.config.n_linear_input_genes} genes, the "
+                "processor's linear_gene_ids / linear_gene_values / linear_gene_mask: pass the whole output of the "
+                "model's own processor, e.g. model(**processor(cells))."
+            )
         if linear_gene_ids is not None:
             gene_ids, gene_values, gene_mask = linear_gene_ids.long(), linear_gene_values, linear_gene_mask
         values = gene_values.float()

@@ -219,7 +219,8 @@ class CellAnnotationPipeline(Pipeline):
             explain (`bool` or `int`, *optional*, defaults to `False`): also give, per cell, the genes that drove its
                 label: `True` for the top 5, or how many. Each gene's attribution is the drop of the label's logit
                 when that gene is left out (`gene_attributions`; one forward pass per gene, so about
-                `n_top_genes` times the cost). Per cell as `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
+                `n_top_genes` times the cost). The genes ranked are the soft tokens' (each leaves with its linear
+                gene score); the further genes that only the linear gene scores read are not. Per cell as `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
                 also `obsm[key_added + "_genes"]` (a table: gene_1..gene_n, attribution_1..attribution_n).
             majority_voting (`bool`, *optional*, defaults to `False`): also give each cell the most frequent label
                 of its cluster in an over-clustering of the cells (as CellTypist does): per cell as

@@ -75,7 +75,6 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self,
         gene_vocab=None,
         n_top_genes=64,
-        n_linear_genes=0,
         target_sum=1e4,
         input_kind="auto",
         gene_selection=None,
@@ -88,6 +87,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         ensembl_map=None,
         entrez_map=None,
         ortholog_map=None,
+        n_linear_genes=0,
         **kwargs,
     ):
         # `gene_ranking` was `gene_selection`'s name until `fit` came (processor folders of then may hold it): its
@@ -109,6 +109,11 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.gene_vocab = list(gene_vocab or [])
         self.n_top_genes = int(n_top_genes)
         self.n_linear_genes = int(n_linear_genes or 0)
+        if self.n_linear_genes and self.n_linear_genes < self.n_top_genes:
+            raise ScInterpreterInputError(
+                f"n_linear_genes must be 0 (the linear gene scores read the soft tokens' genes) or at least n_top_genes "
+                f"({self.n_top_genes}), got {n_linear_genes}."
+            )
         self.target_sum = float(target_sum)
         self.input_kind = input_kind
         self.gene_selection = gene_selection
@@ -251,24 +256,25 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         n_ranked = max(self.n_top_genes, self.n_linear_genes)
 
         def rank(values, vocab_ids):
-            return top_genes(values, vocab_ids, n_ranked, self.selection, self.token_value, reference, excluded)
+            ids, ranked_values, mask = top_genes(values, vocab_ids, n_ranked, self.selection, self.token_value,
+                                                 reference, excluded)
+            tokens = (ids[:, : self.n_top_genes].astype(np.int64), ranked_values[:, : self.n_top_genes].copy(),
+                      mask[:, : self.n_top_genes].astype(np.int64))
+            if not self.n_linear_genes:
+                return tokens
+            # Narrower integers than the soft tokens': this list is 30 times longer, and a pipeline holds it for every
+            # cell it annotates.
+            return tokens + (ids.astype(np.int32), ranked_values, mask.astype(np.int8))
 
         parts, _ = self._map_chunks(rank, expression, gene_names, layer, min_matched_genes, show_progress)
-        ranked_ids, ranked_values, ranked_mask = (np.concatenate(p) for p in zip(*parts))
-        gene_ids, gene_values, gene_mask = (part[:, : self.n_top_genes] for part in (ranked_ids, ranked_values,
-                                                                                    ranked_mask))
+        gene_ids, gene_values, gene_mask, *linear = (np.concatenate(p) for p in zip(*parts))
         if not gene_mask.any():
             raise ScInterpreterInputError(
                 f"no cell expresses any of the model's genes (all {len(gene_mask)} cells are zero on the matched "
                 "genes): check that the matrix holds expression values and that cells are rows."
             )
-        data = {"gene_ids": gene_ids.astype(np.int64), "gene_values": gene_values, "gene_mask": gene_mask.astype(np.int64)}
-        if self.n_linear_genes:
-            # Narrower integers than the soft tokens': this list is 30 times longer, and a pipeline holds it for every
-            # cell it annotates.
-            data.update({"linear_gene_ids": ranked_ids[:, : self.n_linear_genes].astype(np.int32),
-                         "linear_gene_values": ranked_values[:, : self.n_linear_genes],
-                         "linear_gene_mask": ranked_mask[:, : self.n_linear_genes].astype(np.int8)})
+        data = {"gene_ids": gene_ids, "gene_values": gene_values, "gene_mask": gene_mask}
+        data.update(zip(("linear_gene_ids", "linear_gene_values", "linear_gene_mask"), linear))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 

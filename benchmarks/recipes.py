@@ -178,9 +178,10 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             logits = logits.numpy()  # float32 (`predict`)
             metrics, linear = score(references, logits.argmax(-1)), None
             if result.model.config.linear_gene_scores:  # the same run's head alone, and the linear scores alone
-                with torch.inference_mode():
-                    linear = result.model.linear_gene_scores(
-                        **{name: tensor.to(result.model.device) for name, tensor in inputs.items()}).float().cpu().numpy()
+                with torch.inference_mode():  # 4096 cells at a time: the longer gene list is 1024 genes per cell
+                    linear = np.concatenate([result.model.linear_gene_scores(
+                        **{name: tensor[start:start + 4096].to(result.model.device) for name, tensor in inputs.items()}
+                    ).float().cpu().numpy() for start in range(0, len(references), 4096)])
                 metrics["without_linear_gene_scores"] = score(references, (logits - linear).argmax(-1))
                 metrics["linear_gene_scores_only"] = score(references, linear.argmax(-1))
                 head_temperature = result.linear_gene_scores.get("head_temperature")

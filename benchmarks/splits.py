@@ -35,7 +35,8 @@ def load_split(dataset, split_file, fold=None):
 
 
 def predict(model, inputs, batch_size=64):
-    """`(logits, cell_embeddings)` of a model on processor `inputs` (`gene_ids`, `gene_values`, `gene_mask` tensors),
+    """`(logits, cell_embeddings)` of a model on processor `inputs` (`gene_ids`, `gene_values`, `gene_mask` tensors,
+    and the `linear_gene_*` ones where the processor gives them),
     `batch_size` cells at a time on the model's device, in eval mode; both float32 on the CPU. Predicted label ids:
     `predict(...)[0].argmax(-1)`."""
     import torch

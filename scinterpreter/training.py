@@ -288,8 +288,14 @@ def fit_datasets(
     linear_gene_scores = {}
     if trainer.model.config.linear_gene_scores:
         head_temperature = None
-        if recipe.head_temperature and has_validation:
+        if recipe.head_temperature and trainer.model.config.n_scored_genes:
+            # Fitted before (a model trained further): its logits are not the head's alone, and its head was divided.
+            logger.info("head_temperature: the model's linear gene scores were fitted before; the head is kept as is")
+        elif recipe.head_temperature and has_validation:
             head_temperature = divide_head_by_its_temperature(trainer, eval_sets[VALIDATION])
+        elif recipe.head_temperature:
+            logger.warning("head_temperature needs validation cells (validation_fraction > 0, not streamed): the "
+                           "linear gene scores are added to the head as it is")
         linear_gene_scores = fit_linear_gene_scores(trainer.model, train_dataset)
         if head_temperature is not None:
             linear_gene_scores["head_temperature"] = head_temperature
@@ -329,7 +335,7 @@ def divide_head_by_its_temperature(trainer, validation_cells) -> float:
 
 
 def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000,
-                           max_streamed_cells: int = 200_000) -> dict:
+                           max_streamed_cells: int = 200_000, max_expressed_genes: int = 50_000_000) -> dict:
     """
     Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
     model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
@@ -343,9 +349,12 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     Args:
         cells (`CellDataset`, or an iterable of per-cell dicts as `StreamingCells` yields): encoded cells with labels
             (negative ones, cells of no known type, are left out); of a stream, the first `max_streamed_cells`.
+        max_expressed_genes (`int`, *optional*): where the cells hold more expressed genes in all (non-zeros of the
+            design matrix, 24 bytes each), a random share of the cells that holds about this many (50M: 1.2 GB).
 
     Returns:
-        `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, `training_accuracy` of the linear scores.
+        `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, `training_accuracy` of the linear scores
+        (`fit_datasets` adds `head_temperature` where it divided the head first).
     """
     import torch
 
@@ -369,6 +378,11 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     prefix = "linear_" if "linear_gene_ids" in features else ""
     gene_ids, gene_values = features[f"{prefix}gene_ids"][known], features[f"{prefix}gene_values"][known]
     real, labels = features[f"{prefix}gene_mask"][known].bool(), labels[known].long()
+    if real.sum() > max_expressed_genes:  # the design matrix would pass a few GB: a random share of the cells
+        n_kept = int(len(real) * max_expressed_genes / int(real.sum()))
+        kept = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n_kept].sort().values
+        logger.info(f"linear gene scores: fitted on {n_kept} of {len(real)} cells (max_expressed_genes)")
+        gene_ids, gene_values, real, labels = gene_ids[kept], gene_values[kept], real[kept], labels[kept]
     present, labels = torch.unique(labels, return_inverse=True)
     cell_of = torch.arange(len(real))[:, None].expand_as(real)[real]
     genes, columns = torch.unique(gene_ids.long()[real], return_inverse=True)  # genes some cell has
@@ -402,6 +416,7 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
         names = [model.config.id2label.get(i, str(i)) for i in absent]
         logger.warning(f"linear gene scores: no training cells of {names[:10]}; they get no gene weights")
     model.set_linear_gene_scores(full_weights.float(), full_bias.float())
+    model.config.n_linear_input_genes = gene_ids.shape[1] if prefix else 0
     with torch.no_grad():
         accuracy = float(((torch.sparse.mm(design, weights) + bias).argmax(-1) == labels).double().mean())
     result = {"cells": n_cells, "genes": len(genes), "iterations": iterations,

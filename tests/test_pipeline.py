@@ -441,7 +441,7 @@ def test_refit_reference_annotates_as_a_processor_fitted_on_the_given_cells(tmp_
 def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_explains(tmp_path, counts):
     from conftest import make_tiny_model
 
-    from processing_scinterpreter import ScInterpreterProcessor
+    from processing_scinterpreter import ScInterpreterInputError, ScInterpreterProcessor
     from scinterpreter.build import save_model_folder
 
     model = make_tiny_model(linear_gene_scores=True)
@@ -453,6 +453,10 @@ def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_
     results = annotate(counts, gene_names=GENES, explain=3)
     inputs = processor(counts, gene_names=GENES)
     with torch.no_grad():
-        expected = model(**inputs).logits.argmax(-1)  # the longer list's scores included
-    assert [r["label"] for r in results] == [model.config.id2label[int(i)] for i in expected]
+        expected = model(**inputs).logits.softmax(-1)  # the longer list's scores included
+    np.testing.assert_allclose(results.probabilities, expected.numpy(), atol=1e-5)
     assert all(len(r["genes"]) == 3 for r in results)
+    tokens_only = {name: tensor for name, tensor in inputs.items() if not name.startswith("linear_")}
+    model.config.n_linear_input_genes = 20  # as fitting on the longer list sets it: the model then asks for the list
+    with pytest.raises(ScInterpreterInputError, match="linear_gene_ids"):
+        model(**tokens_only)

@@ -5,7 +5,7 @@ from conftest import GENES
 from transformers import AutoProcessor
 
 from features_scinterpreter import reference_vector, top_genes
-from processing_scinterpreter import ScInterpreterProcessor
+from processing_scinterpreter import ScInterpreterInputError, ScInterpreterProcessor
 
 
 def test_top_genes_are_the_most_expressed_in_descending_order(processor):
@@ -241,3 +241,8 @@ def test_the_linear_gene_list_extends_the_soft_tokens_genes_by_the_same_ranking(
     register_auto_classes(tiny_config())
     extended.save_pretrained(tmp_path)
     assert AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True).n_linear_genes == 20
+
+
+def test_a_linear_gene_list_shorter_than_the_soft_tokens_is_refused():
+    with pytest.raises(ScInterpreterInputError, match="n_linear_genes must be 0"):
+        ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=4)

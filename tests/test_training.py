@@ -291,7 +291,13 @@ def test_fit_adds_linear_gene_scores_fitted_after_the_head_and_calibrates_the_su
     model = result.model.eval()
     assert model.config.linear_gene_scores and model.gene_score_weights.abs().sum() > 0
     assert result.linear_gene_scores["cells"] == len(cells) - len(result.validation_cells)
-    assert result.processor.n_linear_genes == 12 and result.linear_gene_scores["head_temperature"] > 0
+    assert result.processor.n_linear_genes == 12 and model.config.n_linear_input_genes == 12
+    validation_inputs = result.processor(cells[result.validation_cells], gene_names=GENES)
+    with torch.no_grad():  # the head alone, divided by its temperature, is calibrated on the validation cells
+        head = (model(**validation_inputs).logits - model.linear_gene_scores(**validation_inputs)).numpy()
+    references = [result.label2id[label] for label in labels[result.validation_cells]]
+    assert result.linear_gene_scores["head_temperature"] != 1
+    assert fit_temperature(head, references) == pytest.approx(1.0, rel=1e-2)
     validation = result.validation_cells
     with torch.no_grad():  # on cells it was not fitted on, the linear part alone names the marker types
         linear = model.linear_gene_scores(**result.processor(cells[validation], gene_names=GENES))
