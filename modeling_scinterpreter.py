@@ -464,16 +464,15 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             )
         if linear_gene_ids is not None:
             gene_ids, gene_values, gene_mask = linear_gene_ids.long(), linear_gene_values, linear_gene_mask
+        scored = self.gene_score_genes
+        if not len(scored):  # not fitted yet (the head's training): the bias alone, without a cells x genes x labels zero
+            return self.gene_score_bias.float().expand(len(gene_ids), -1)
         values = gene_values.float()
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)
-        scored = self.gene_score_genes
-        if len(scored):
-            row = torch.searchsorted(scored, gene_ids).clamp(max=len(scored) - 1)
-            values = values * (scored[row] == gene_ids).to(values.dtype)  # genes without a weight score 0
-            weights = self.gene_score_weights.float()[row]
-        else:
-            weights = self.gene_score_weights.new_zeros(*gene_ids.shape, self.config.num_labels)
+        row = torch.searchsorted(scored, gene_ids).clamp(max=len(scored) - 1)
+        values = values * (scored[row] == gene_ids).to(values.dtype)  # genes without a weight score 0
+        weights = self.gene_score_weights.float()[row]
         # An elementwise product and sum rather than a matmul: autocast would run a matmul in bfloat16.
         return (values.unsqueeze(-1) * weights).sum(1) + self.gene_score_bias.float()
 

@@ -339,7 +339,8 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     """
     Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
     model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
-    cell (its `linear_gene_*` list where it gives one, else the soft tokens' genes), each carrying its token value (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
+    cell (its `linear_gene_*` list where it gives one, else the soft tokens' genes), each carrying its token value
+    (the features of `benchmarks/ceiling_probe.py`'s `[genes]` probe), with
     scikit-learn's objective, `C * sum of the cross-entropies + |weights|^2 / 2` (`C = inverse_regularization`), by
     L-BFGS. Fitted apart from the head, on the same cells, so that neither learns to lean on the other's fit of the
     training cells; the model's logits are then the sum of the two (a product of experts), calibrated after. Cell
