@@ -22,6 +22,9 @@ INPUT_KINDS = ("auto", "counts", "log1p")
 GENE_SELECTIONS = ("expression", "excess")
 # The number each chosen gene's soft token is weighted by.
 TOKEN_VALUES = ("expression", "excess")
+# What the linear gene scores read per cell: its first genes by the soft tokens' ranking, or its values on one
+# panel of variable genes that `fit` picks.
+LINEAR_GENE_SELECTIONS = ("top", "variable")
 # Ribosomal protein genes (RPS*/RPL* and their X/Y/like copies, not kinases such as RPS6KA1) and mitochondrial
 # genes: the most expressed genes of most cells, whatever their type.
 EXCLUDE_PRESETS = {"ribosomal_mitochondrial": r"^(RP[SL]\d+(A|L|X|AL|Y\d?)?|RPLP[0-2]|MT-.+)$"}
@@ -216,3 +219,21 @@ def top_genes(values, matched_vocab_ids, n_top_genes, selection="expression", to
         top_values = np.pad(top_values, ((0, 0), (0, pad)))
         mask = np.pad(mask, ((0, 0), (0, pad)))
     return gene_ids, np.where(mask, top_values, 0.0).astype(np.float32), mask
+
+
+def variable_gene_panel(values, matched_vocab_ids, n_genes: int) -> list:
+    """
+    The vocabulary rows of the `n_genes` most variable of the matched genes (scanpy's `highly_variable_genes`, its
+    default flavour, on `values`: log-normalised training cells x matched genes, sparse), ascending; every matched
+    gene where there are no more. Needs scanpy (the `train` extra): only training picks a panel.
+    """
+    if values.shape[1] <= n_genes:
+        return sorted(int(row) for row in matched_vocab_ids)
+    try:
+        import anndata
+        import scanpy as sc
+    except ImportError as error:
+        raise ImportError("picking the linear gene panel (linear_gene_selection='variable') needs scanpy: "
+                          "pip install 'scinterpreter[train]'") from error
+    variable = sc.pp.highly_variable_genes(anndata.AnnData(values), n_top_genes=n_genes, inplace=False)
+    return sorted(int(row) for row in np.asarray(matched_vocab_ids)[variable["highly_variable"].to_numpy()])

@@ -15,15 +15,17 @@ from transformers.utils.logging import tqdm
 try:
     from .configuration_scinterpreter import ScInterpreterInputError
     from .features_scinterpreter import (
-        EXCLUDE_PRESETS, GENE_SELECTIONS, INPUT_KINDS, TOKEN_VALUES, as_matrix, check_matrix, dense_chunk,
-        exclude_pattern, excluded_rows, normalize, reference_vector, resolve_input_kind, top_genes,
+        EXCLUDE_PRESETS, GENE_SELECTIONS, INPUT_KINDS, LINEAR_GENE_SELECTIONS, TOKEN_VALUES, as_matrix, check_matrix,
+        dense_chunk, exclude_pattern, excluded_rows, normalize, reference_vector, resolve_input_kind, top_genes,
+        variable_gene_panel,
     )
     from .gene_matching_scinterpreter import GeneMatcher, GeneMatchReport, detect_gene_id_style
 except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
     from configuration_scinterpreter import ScInterpreterInputError
     from features_scinterpreter import (
-        EXCLUDE_PRESETS, GENE_SELECTIONS, INPUT_KINDS, TOKEN_VALUES, as_matrix, check_matrix, dense_chunk,
-        exclude_pattern, excluded_rows, normalize, reference_vector, resolve_input_kind, top_genes,
+        EXCLUDE_PRESETS, GENE_SELECTIONS, INPUT_KINDS, LINEAR_GENE_SELECTIONS, TOKEN_VALUES, as_matrix, check_matrix,
+        dense_chunk, exclude_pattern, excluded_rows, normalize, reference_vector, resolve_input_kind, top_genes,
+        variable_gene_panel,
     )
     from gene_matching_scinterpreter import GeneMatcher, GeneMatchReport, detect_gene_id_style
 
@@ -48,7 +50,12 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         n_linear_genes (`int`, *optional*, defaults to 0): where above 0, each cell's first `n_linear_genes` genes by
             the same ranking are also returned, as `linear_gene_ids`, `linear_gene_values` and `linear_gene_mask`,
             for the model's linear gene scores (which read the soft tokens' genes where these are absent). The first
-            `n_top_genes` of them are the soft tokens' genes.
+            `n_top_genes` of them are the soft tokens' genes (`linear_gene_selection="top"`).
+        linear_gene_selection (`str`, *optional*, defaults to `"top"`): what the longer list holds: `"top"`, each cell's
+            first `n_linear_genes` genes by the soft tokens' ranking; `"variable"`, the cell's expressed genes of one
+            panel of `n_linear_genes` highly variable genes of the training cells (`fit` picks it), most expressed
+            first, carrying their normalised expression.
+        linear_gene_panel (`list[int]`, *optional*): the panel's vocabulary rows, as written by `fit`.
         target_sum (`float`, *optional*, defaults to 1e4): per-cell total that raw counts are scaled to before log1p.
         input_kind (`str`, *optional*, defaults to `"auto"`): `"counts"` (raw counts: normalise and log1p),
             `"log1p"` (already log-normalised: use as is) or `"auto"` (integers are counts, anything else log1p).
@@ -88,6 +95,8 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         entrez_map=None,
         ortholog_map=None,
         n_linear_genes=0,
+        linear_gene_selection="top",
+        linear_gene_panel=None,
         **kwargs,
     ):
         # `gene_ranking` was `gene_selection`'s name until `fit` came (processor folders of then may hold it): its
@@ -114,6 +123,12 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
                 f"n_linear_genes must be 0 (the linear gene scores read the soft tokens' genes) or at least n_top_genes "
                 f"({self.n_top_genes}), got {n_linear_genes}."
             )
+        if linear_gene_selection not in LINEAR_GENE_SELECTIONS:
+            raise ScInterpreterInputError(
+                f"linear_gene_selection must be one of {LINEAR_GENE_SELECTIONS}, got {linear_gene_selection!r}."
+            )
+        self.linear_gene_selection = linear_gene_selection
+        self.linear_gene_panel = [int(row) for row in linear_gene_panel] if linear_gene_panel is not None else None
         self.target_sum = float(target_sum)
         self.input_kind = input_kind
         self.gene_selection = gene_selection
@@ -213,12 +228,19 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         """
         Learns the reference profile from training cells: each matched gene's mean log-normalised expression.
         From then on each cell's genes are chosen by their excess over it (`gene_selection="excess"`, unless set
-        otherwise), and the profile is saved with the processor (`save_pretrained`, JSON). Takes the same inputs
-        as calling the processor; returns the processor.
+        otherwise), and the profile is saved with the processor (`save_pretrained`, JSON). With
+        `linear_gene_selection="variable"`, also picks the panel of the `n_linear_genes` most variable genes
+        (scanpy's `highly_variable_genes`, on the log-normalised values; every matched gene where there are no more);
+        a panel already picked is kept, because a model's linear gene scores were fitted on it (refitting the
+        reference on another batch leaves it). Takes the same inputs as calling the processor; returns the processor.
         """
+        from scipy import sparse
+
+        wants_panel = (self.linear_gene_selection == "variable" and self.n_linear_genes > 0
+                       and self.linear_gene_panel is None)
 
         def sums(values, _):
-            return values.sum(0, dtype=np.float64), len(values)
+            return values.sum(0, dtype=np.float64), len(values), sparse.csr_matrix(values) if wants_panel else None
 
         parts, matched = self._map_chunks(sums, expression, gene_names, layer, min_matched_genes, show_progress)
         totals = np.sum([part[0] for part in parts], axis=0)
@@ -226,6 +248,10 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.reference_gene_ids = matched.vocab_ids.tolist()
         self.reference_means = np.round(totals / n_cells, 5).tolist()
         logger.info(f"reference profile fitted on {n_cells} cells and {len(matched.vocab_ids)} genes")
+        if wants_panel:
+            self.linear_gene_panel = variable_gene_panel(sparse.vstack([part[2] for part in parts]),
+                                                         matched.vocab_ids, self.n_linear_genes)
+            logger.info(f"linear gene panel: {len(self.linear_gene_panel)} variable genes")
         return self
 
     def __call__(self, expression, gene_names=None, layer=None, return_tensors="pt",
@@ -251,9 +277,19 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             )
         reference = self.reference_profile() if needs_reference else None
         excluded = self.excluded_vocab_rows() if self.exclude_genes is not None else None
+        panel = self.linear_gene_selection == "variable" and self.n_linear_genes > 0
+        if panel and self.linear_gene_panel is None:
+            raise ScInterpreterInputError(
+                "linear_gene_selection='variable' reads a panel of variable genes of the training cells: call "
+                "processor.fit(training_cells) first (train.py does), or load a fitted processor."
+            )
+        outside_panel = None
+        if panel:
+            outside_panel = np.ones(len(self.gene_vocab), dtype=bool)
+            outside_panel[self.linear_gene_panel] = False
 
         # One ranking for both lists: a stable sort makes the first `n_top_genes` of the longer list the top genes.
-        n_ranked = max(self.n_top_genes, self.n_linear_genes)
+        n_ranked = self.n_top_genes if panel else max(self.n_top_genes, self.n_linear_genes)
 
         def rank(values, vocab_ids):
             ids, ranked_values, mask = top_genes(values, vocab_ids, n_ranked, self.selection, self.token_value,
@@ -262,11 +298,20 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
                       mask[:, : self.n_top_genes].astype(np.int64))
             if not self.n_linear_genes:
                 return tokens
+            if panel:  # the cell's expressed panel genes: as wide as the chunk's cell that expresses most of them
+                ids, ranked_values, mask = top_genes(values, vocab_ids, len(self.linear_gene_panel), "expression",
+                                                     "expression", excluded=outside_panel)
+                width = max(1, int(mask.sum(1).max()))
+                ids, ranked_values, mask = ids[:, :width], ranked_values[:, :width], mask[:, :width]
             # Narrower integers than the soft tokens': this list is 30 times longer, and a pipeline holds it for every
             # cell it annotates.
             return tokens + (ids.astype(np.int32), ranked_values, mask.astype(np.int8))
 
         parts, _ = self._map_chunks(rank, expression, gene_names, layer, min_matched_genes, show_progress)
+        if panel:  # chunks of different widths: padded to the widest
+            width = max(part[3].shape[1] for part in parts)
+            parts = [part[:3] + tuple(np.pad(array, ((0, 0), (0, width - array.shape[1]))) for array in part[3:])
+                     for part in parts]
         gene_ids, gene_values, gene_mask, *linear = (np.concatenate(p) for p in zip(*parts))
         if not gene_mask.any():
             raise ScInterpreterInputError(

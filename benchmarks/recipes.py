@@ -65,6 +65,12 @@ OPTIONS = {
     "linear_tokens_only": {"n_linear_genes": 0},
     "linear_genes256": {"n_linear_genes": 256},
     "no_head_temperature": {"head_temperature": False},
+    # session 16: a panel of 2000 variable genes, class-balanced, scores doubled (docs/benchmarks/linear_panel_probe.md)
+    "linear_panel": {"linear_gene_selection": "variable", "n_linear_genes": 2000, "linear_class_balance": 1.0,
+                     "linear_gene_scale": 2.0},
+    "linear_variable2000": {"linear_gene_selection": "variable", "n_linear_genes": 2000},
+    "linear_balance": {"linear_class_balance": 1.0},
+    "linear_scale2": {"linear_gene_scale": 2.0},
 }
 
 
@@ -77,6 +83,9 @@ FIELDS_ADDED_LATER = {
     "linear_gene_scores": _FOLDER_DEFAULTS.linear_gene_scores,
     "n_linear_genes": 0,  # a processor field: a folder without it reads the soft tokens' genes
     "head_temperature": False,
+    "linear_gene_selection": "top",  # a processor field: a folder without it reads each cell's top genes
+    "linear_class_balance": 0.0,
+    "linear_gene_scale": 1.0,
     "calibrate": False,  # not a config field: older models were not calibrated (no calibration_temperature)
 }
 # Recipe fields since removed, and the value with which a record's recipe is today's (`class_weighting` measured worse).
@@ -84,7 +93,8 @@ FIELDS_REMOVED = {"class_weighting": "none"}
 # Fields that change no prediction (only probabilities' temperature and the Unassigned cut-off) or are this machine's.
 NOT_PREDICTIVE = {"calibrate", "unassigned_score", "backbone_dtype"}
 # Fields that only the linear gene scores use.
-LINEAR_ONLY = {"n_linear_genes", "head_temperature"}
+LINEAR_ONLY = {"n_linear_genes", "head_temperature", "linear_gene_selection", "linear_class_balance",
+               "linear_gene_scale"}
 
 
 def option_against_today(record: dict) -> str:
@@ -178,7 +188,7 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
             logits = logits.numpy()  # float32 (`predict`)
             metrics, linear = score(references, logits.argmax(-1)), None
             if result.model.config.linear_gene_scores:  # the same run's head alone, and the linear scores alone
-                with torch.inference_mode():  # 4096 cells at a time: the longer gene list is 1024 genes per cell
+                with torch.inference_mode():  # 4096 cells at a time: the longer gene list has up to n_linear_genes genes
                     linear = np.concatenate([result.model.linear_gene_scores(
                         **{name: tensor[start:start + 4096].to(result.model.device) for name, tensor in inputs.items()}
                     ).float().cpu().numpy() for start in range(0, len(references), 4096)])
@@ -188,6 +198,9 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
                 if head_temperature:  # the same parts added without dividing the head by its temperature
                     metrics["without_head_temperature"] = score(
                         references, ((logits - linear) * head_temperature + linear).argmax(-1))
+                linear_scale = result.linear_gene_scores.get("scale", 1.0)
+                if linear_scale != 1.0:  # the same parts, the linear scores as fitted (linear_gene_scale 1)
+                    metrics["linear_gene_scale_1"] = score(references, (logits - linear + linear / linear_scale).argmax(-1))
             if calibration:  # test ECE (15 bins) before and after the temperature fitted on the validation cells
                 metrics["test_ece_before"] = round(expected_calibration_error(softmax(logits), references), 4)
                 calibrated = softmax(logits, calibration["temperature"])
@@ -215,7 +228,8 @@ def run_job(job: dict, bundle=None, device=None, overrides=None, logits_dir=None
         **{k: job[k] for k in ("option", "dataset", "split", "seed")},
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         **{k: metrics[k] for k in ("test_reference_refit", "test_embedding_probe", "without_linear_gene_scores",
-                                   "linear_gene_scores_only", "without_head_temperature") if k in metrics},
+                                   "linear_gene_scores_only", "without_head_temperature", "linear_gene_scale_1")
+                                   if k in metrics},
         **({"linear_gene_scores": result.linear_gene_scores} if result.linear_gene_scores else {}),
         **{k: metrics[k] for k in ("test_ece_before", "test_ece_after", "test_ece_floor") if k in metrics},
         "calibration": result.calibration,

@@ -5,7 +5,7 @@
 never change with the recipe or old folders would load differently. `build_model` therefore passes every recipe
 choice to both explicitly (`CONFIG_FIELDS`, `PROCESSOR_FIELDS`); a new model never relies on their defaults.
 Where the two still differ (`soft_token_rms`, `gene_selection`, `gene_dropout`, `n_top_genes`, `cell_pooling`,
-`linear_gene_scores`, `n_linear_genes`), the folder default is the older behaviour.
+`linear_gene_scores`, `n_linear_genes`, `linear_gene_selection`), the folder default is the older behaviour.
 """
 
 from dataclasses import dataclass, field
@@ -16,7 +16,8 @@ from .backbone import DEFAULT_BACKBONE
 # (`soft_token_rms` reaches the config resolved to a number; `unassigned_score` when `fit` calibrates.)
 CONFIG_FIELDS = ("n_top_genes", "head_hidden_size", "head_norm", "label_smoothing", "gene_offsets", "gene_dropout",
                  "lora_rank", "lora_alpha", "cell_pooling", "linear_gene_scores")
-PROCESSOR_FIELDS = ("n_top_genes", "n_linear_genes", "gene_selection", "token_value", "exclude_genes")
+PROCESSOR_FIELDS = ("n_top_genes", "n_linear_genes", "linear_gene_selection", "gene_selection", "token_value",
+                    "exclude_genes")
 
 
 @dataclass
@@ -92,9 +93,26 @@ class Recipe:
     )
     n_linear_genes: int = field(
         default=1024,
-        metadata={"help": "Genes per cell that the linear gene scores read, by the same ranking as the soft tokens "
-                          "(1024 over the 32 soft tokens' genes: docs/experiments.md, session 15); 0: the soft "
-                          "tokens' genes."},
+        metadata={"help": "Genes the linear gene scores read: each cell's first n_linear_genes genes by the soft "
+                          "tokens' ranking (linear_gene_selection top; 1024 over the 32 soft tokens' genes: "
+                          "docs/experiments.md, session 15), or the panel size (variable); 0: the soft tokens' genes."},
+    )
+    linear_gene_selection: str = field(
+        default="top",
+        metadata={"help": "What the linear gene scores read: top (each cell's first n_linear_genes genes by the soft "
+                          "tokens' ranking) or variable (every cell's values on one panel of n_linear_genes highly "
+                          "variable genes of the training cells, which processor.fit picks; docs/experiments.md, "
+                          "session 16)."},
+    )
+    linear_class_balance: float = field(
+        default=0.0,
+        metadata={"help": "Class weights of the linear gene scores' fit: each cell's loss weighed by (cells of its "
+                          "type)^-power, scaled as scikit-learn's class_weight='balanced' at 1; 0: unweighted."},
+    )
+    linear_gene_scale: float = field(
+        default=1.0,
+        metadata={"help": "Factor on the fitted linear gene scores before they are added to the (calibrated) head's "
+                          "logits: above 1 gives the regression more say (docs/experiments.md, session 16)."},
     )
     head_temperature: bool = field(
         default=True,

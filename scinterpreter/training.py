@@ -296,7 +296,9 @@ def fit_datasets(
         elif recipe.head_temperature:
             logger.warning("head_temperature needs validation cells (validation_fraction > 0, not streamed): the "
                            "linear gene scores are added to the head as it is")
-        linear_gene_scores = fit_linear_gene_scores(trainer.model, train_dataset)
+        linear_gene_scores = fit_linear_gene_scores(trainer.model, train_dataset,
+                                                    class_balance=recipe.linear_class_balance,
+                                                    scale=recipe.linear_gene_scale)
         if head_temperature is not None:
             linear_gene_scores["head_temperature"] = head_temperature
     calibration = {}
@@ -335,7 +337,8 @@ def divide_head_by_its_temperature(trainer, validation_cells) -> float:
 
 
 def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, max_iter: int = 1000,
-                           max_streamed_cells: int = 200_000, max_expressed_genes: int = 50_000_000) -> dict:
+                           max_streamed_cells: int = 200_000, max_expressed_genes: int = 50_000_000,
+                           class_balance: float = 0.0, scale: float = 1.0) -> dict:
     """
     Fits the model's linear gene scores (`config.linear_gene_scores`) on the training `cells` and stores them in the
     model (`set_linear_gene_scores`): a multinomial logistic regression on the genes the processor chose for each
@@ -352,6 +355,10 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
             (negative ones, cells of no known type, are left out); of a stream, the first `max_streamed_cells`.
         max_expressed_genes (`int`, *optional*): where the cells hold more expressed genes in all (non-zeros of the
             design matrix, 24 bytes each), a random share of the cells that holds about this many (50M: 1.2 GB).
+        class_balance (`float`, *optional*): each cell's cross-entropy weighed by `(n / (n_types x cells of its
+            type))^class_balance` (1: scikit-learn's `class_weight="balanced"`; 0: unweighted).
+        scale (`float`, *optional*): factor on the fitted weights and bias (`Recipe.linear_gene_scale`): how much say
+            the scores have beside the head's logits.
 
     Returns:
         `dict`: `cells`, `genes` (with a weight), `iterations`, `seconds`, `training_accuracy` of the linear scores
@@ -395,11 +402,14 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     optimizer = torch.optim.LBFGS([weights, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
                                   tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
     penalty = 1.0 / (2.0 * inverse_regularization * n_cells)  # sklearn's objective divided by C * n_cells
+    counts = torch.bincount(labels, minlength=len(present)).double()
+    cell_weights = (n_cells / (len(present) * counts[labels])) ** class_balance
 
     def closure():
         optimizer.zero_grad()
-        loss = (torch.nn.functional.cross_entropy(torch.sparse.mm(design, weights) + bias, labels)
-                + penalty * weights.pow(2).sum())
+        cross_entropy = torch.nn.functional.cross_entropy(torch.sparse.mm(design, weights) + bias, labels,
+                                                          reduction="none")
+        loss = (cell_weights * cross_entropy).mean() + penalty * weights.pow(2).sum()
         loss.backward()
         return loss
 
@@ -416,11 +426,12 @@ def fit_linear_gene_scores(model, cells, inverse_regularization: float = 1.0, ma
     if absent:
         names = [model.config.id2label.get(i, str(i)) for i in absent]
         logger.warning(f"linear gene scores: no training cells of {names[:10]}; they get no gene weights")
-    model.set_linear_gene_scores(full_weights.float(), full_bias.float())
+    model.set_linear_gene_scores((scale * full_weights).float(), (scale * full_bias).float())
     model.config.n_linear_input_genes = gene_ids.shape[1] if prefix else 0
     with torch.no_grad():
         accuracy = float(((torch.sparse.mm(design, weights) + bias).argmax(-1) == labels).double().mean())
-    result = {"cells": n_cells, "genes": len(genes), "iterations": iterations,
+    result = {"cells": n_cells, "genes": len(genes), "iterations": iterations, "class_balance": class_balance,
+              "scale": scale,
               "seconds": round(time.perf_counter() - started, 1), "training_accuracy": round(accuracy, 4)}
     logger.info(f"linear gene scores fitted: {result}")
     return result

@@ -1,0 +1,86 @@
+"""Should the linear gene scores read each cell's top genes, or one fixed panel of variable genes? From saved logits.
+
+For each run of the 2026-12-07 default (`benchmarks/records/test_logits_2026-12-07b`: the head's logits, divided by
+its validation temperature, and the linear gene scores' share), an L2 logistic regression (C = 1, scikit-learn) is
+fitted on the same training cells (the split's training cells less the seed's validation cells) on: `top1024`, each
+cell's 1024 genes by excess (today's input, refitted); `hvgN`, every cell's values of one panel of N highly variable
+genes of the training cells (scanpy's `highly_variable_genes`, default flavour, on the processor's log-normalised
+values), below-reference values included; `all`: every matched gene. Columns: test macro-F1 of head + regression
+(`+lin` columns: the regression alone). Minutes; no training of the model.
+
+    python benchmarks/linear_panel_probe.py   # -> docs/benchmarks/linear_panel_probe.{json,md}
+"""
+import json, glob, sys
+from pathlib import Path
+import anndata as ad
+import numpy as np
+import scanpy as sc
+from scipy import sparse
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from safetensors import safe_open
+from sklearn.linear_model import LogisticRegression
+from splits import load_split, score, splits
+from linear_c_probe import linear_design, scores_of, RECORDS
+from scinterpreter.build import build_processor
+from scinterpreter.genes import build_gene_table
+from scinterpreter.training import validation_split
+
+PANELS = [1000, 2000, 4000]
+
+
+def main():
+    table = build_gene_table()
+    out = {}
+    only = sys.argv[1:]
+    for dataset, split, split_file, fold in splits(only or None):
+        adata, labels, train, test = load_split(dataset, split_file, fold)
+        processor = build_processor(table, n_top_genes=32, n_linear_genes=1024, gene_selection="excess")
+        processor.fit(adata[train])
+        designs = {"top1024": linear_design(processor(adata, return_tensors="np"), len(table.vocab))}
+        values, _ = processor.normalize(adata)
+        values = sparse.csr_matrix(values)
+        designs["all"] = values
+        for n in PANELS:
+            if n >= values.shape[1]:
+                continue
+            variable = sc.pp.highly_variable_genes(ad.AnnData(values[train]), n_top_genes=n, inplace=False)
+            designs[f"hvg{n}"] = values[:, np.flatnonzero(variable["highly_variable"].to_numpy())]
+        rows = []
+        for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
+            seed = int(path.rsplit("seed", 1)[1].split(".")[0])
+            with safe_open(path, "np") as handle:
+                meta, saved = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+            names = json.loads(meta["labels"]); N = np.array(names)
+            head = saved["logits"] - saved["linear_gene_scores"]
+            cells, reference = saved["test_cells"], N[saved["references"]]
+            fit_part, _ = validation_split(labels[train], 0.1, seed)
+            fit_cells = train[fit_part]
+            row = {"saved": score(reference, N[saved["logits"].argmax(1)])["macro_f1"]}
+            for name, design in designs.items():
+                regression = LogisticRegression(C=1.0, max_iter=3000).fit(design[fit_cells], labels[fit_cells])
+                test_scores = scores_of(regression, design[cells], names)
+                row[name] = score(reference, N[(head + test_scores).argmax(1)])["macro_f1"]
+                row[name + " lin"] = score(reference, N[test_scores.argmax(1)])["macro_f1"]
+            rows.append(row)
+            print(dataset, split, seed, {k: round(v, 3) for k, v in row.items()}, flush=True)
+        out[f"{dataset}/{split}"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    keys = sorted({k for v in out.values() for k in v}, key=lambda k: (k.endswith(" lin"), k))
+    print("MEAN", {k: round(float(np.mean([v[k] for v in out.values() if k in v])), 3) for k in keys})
+    if only:
+        return
+    target = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "linear_panel_probe"
+    target.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    cell = lambda v, k: f"{v[k]:.3f}" if k in v else "-"  # noqa: E731
+    lines = ["# Input of the linear gene scores: each cell's top genes or one panel, from the default's saved logits", "",
+             "`python benchmarks/linear_panel_probe.py`: test macro-F1, mean over 3 seeds (see the script's docstring; "
+             "`hvgN` is missing where the data has fewer genes).", "",
+             "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(cell(v, k) for k in keys) + " |" for name, v in out.items()]
+    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values() if k in v]):.3f}" for k in keys)
+              + " |"]
+    target.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
