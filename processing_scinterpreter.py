@@ -53,7 +53,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             `n_top_genes` of them are the soft tokens' genes (`linear_gene_selection="top"`).
         linear_gene_selection (`str`, *optional*, defaults to `"top"`): what the longer list holds: `"top"`, each cell's
             first `n_linear_genes` genes by the soft tokens' ranking; `"variable"`, the cell's expressed genes of one
-            panel of `n_linear_genes` highly variable genes of the training cells (`fit` picks it), most expressed
+            panel of about `n_linear_genes` highly variable genes of the training cells (`fit` picks it), most expressed
             first, carrying their normalised expression.
         linear_gene_panel (`list[int]`, *optional*): the panel's vocabulary rows, as written by `fit`.
         target_sum (`float`, *optional*, defaults to 1e4): per-cell total that raw counts are scaled to before log1p.
@@ -143,6 +143,13 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.ensembl_map = dict(ensembl_map or {})
         self.entrez_map = dict(entrez_map or {})
         self.ortholog_map = dict(ortholog_map or {})
+
+    @property
+    def linear_list_width(self) -> int:
+        """The most genes the linear list can hold (its width varies with the cells where a panel is read)."""
+        if self.linear_gene_selection == "variable" and self.linear_gene_panel is not None:
+            return len(self.linear_gene_panel)
+        return self.n_linear_genes
 
     @property
     def is_fitted(self) -> bool:

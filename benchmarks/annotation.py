@@ -44,9 +44,12 @@ RECORDS = REPO / "benchmarks" / "records"
 # recipes.py options as the table names them; "default" is today's `Recipe()` + `ScInterpreterTrainingArguments()`
 # (a run is named by how its saved recipe differs from today's, not by the option it ran under).
 OPTION_NAMES = {"default": "default", "no_llm": "default, no LLM (linear gene scores + mean of the soft tokens)",
-                "linear_tokens_only+no_head_temperature":
+                "session15_linear": "session-15 default: linear gene scores on each cell's first 1024 genes, "
+                                    "unweighted, added as fitted",
+                "no_llm+session15_linear": "session-15 default, no LLM",
+                "linear_tokens_only+no_head_temperature+unweighted_linear":
                     "session-14 default: linear gene scores on the 32 soft tokens' genes, added to the head as is",
-                "no_llm+linear_tokens_only+no_head_temperature": "session-14 default, no LLM",
+                "no_llm+linear_tokens_only+no_head_temperature+unweighted_linear": "session-14 default, no LLM",
                 "paper_selection": "default, genes chosen by expression (the paper's rule)",
                 "no_linear_genes": "session-12 default: no linear gene scores",
                 "no_llm+no_linear_genes": "session-12 default, no LLM",

@@ -77,7 +77,8 @@ def main():
              "`hvgN` is missing where the data has fewer genes).", "",
              "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {name} | " + " | ".join(cell(v, k) for k in keys) + " |" for name, v in out.items()]
-    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values() if k in v]):.3f}" for k in keys)
+    present = lambda k: [v[k] for v in out.values() if k in v]  # noqa: E731
+    lines += ["| **mean (splits)** | " + " | ".join(f"{np.mean(present(k)):.3f} ({len(present(k))})" for k in keys)
               + " |"]
     target.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -65,12 +65,16 @@ OPTIONS = {
     "linear_tokens_only": {"n_linear_genes": 0},
     "linear_genes256": {"n_linear_genes": 256},
     "no_head_temperature": {"head_temperature": False},
-    # session 16: a panel of 2000 variable genes, class-balanced, scores doubled (docs/benchmarks/linear_panel_probe.md)
+    # session 16: a panel of 2000 variable genes, class-balanced, scores doubled (docs/benchmarks/linear_fusion_probe.md)
     "linear_panel": {"linear_gene_selection": "variable", "n_linear_genes": 2000, "linear_class_balance": 1.0,
                      "linear_gene_scale": 2.0},
-    "linear_variable2000": {"linear_gene_selection": "variable", "n_linear_genes": 2000},
-    "linear_balance": {"linear_class_balance": 1.0},
-    "linear_scale2": {"linear_gene_scale": 2.0},
+    # the session-15 default's linear gene scores: each cell's first 1024 genes, unweighted, added as fitted
+    "session15_linear": {"linear_gene_selection": "top", "n_linear_genes": 1024, "linear_class_balance": 0.0,
+                         "linear_gene_scale": 1.0},
+    "linear_top1024": {"linear_gene_selection": "top", "n_linear_genes": 1024},
+    "unweighted_linear": {"linear_class_balance": 0.0, "linear_gene_scale": 1.0},
+    "no_linear_balance": {"linear_class_balance": 0.0},
+    "linear_scale1": {"linear_gene_scale": 1.0},
 }
 
 
@@ -114,6 +118,8 @@ def option_against_today(record: dict) -> str:
                if name not in NOT_PREDICTIVE and ran[name] != today.get(name)}
     if not ran["linear_gene_scores"]:  # then what the linear gene scores read, and how they are added, changes nothing
         changed = {name: value for name, value in changed.items() if name not in LINEAR_ONLY}
+    elif not ran["n_linear_genes"]:  # they read the soft tokens' genes, whatever the selection of a longer list
+        changed.pop("linear_gene_selection", None)
     changed.update({k: v for k, v in record.get("changes", {}).items() if k not in ran})  # training arguments
     names = []
     for name, option in OPTIONS.items():

@@ -111,9 +111,16 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         trained.append(f"rank-{config.lora_rank} adapters of the backbone's attention")
     if getattr(config, "linear_gene_scores", False):
         fitted = model.config.n_scored_genes
-        n_linear = results.get("recipe", {}).get("n_linear_genes", 0)
-        read = (f"each cell's first {n_linear:,} genes by the same ranking, and their values" if n_linear
-                else "the same genes and values")
+        recipe = results.get("recipe", {})
+        n_linear = recipe.get("n_linear_genes", 0)
+        if n_linear and recipe.get("linear_gene_selection") == "variable":
+            read = (f"the cell's values on a panel of about {n_linear:,} highly variable genes of the training cells "
+                    "(class-balanced)" if recipe.get("linear_class_balance") else
+                    f"the cell's values on a panel of about {n_linear:,} highly variable genes of the training cells")
+        elif n_linear:
+            read = f"each cell's first {n_linear:,} genes by the same ranking, and their values"
+        else:
+            read = "the same genes and values"
         selection += (f" The logits add a logistic regression on {read} (one weight per gene and cell type, for the "
                       f"{fitted:,} genes of the training cells), fitted on the training cells after the head: the gene "
                       "identities that the text embeddings blur.")
@@ -121,6 +128,9 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         if head_temperature:
             selection += (f" It is added to the head's logits divided by {head_temperature:g}, the temperature that "
                           "calibrates the head alone on the validation cells.")
+        scale = (results.get("linear_gene_scores") or {}).get("scale", 1.0)
+        if scale != 1.0:
+            selection += f" Its scores count {scale:g} times as fitted."
     calibration = results.get("calibration") or {}
     calibration_text = ("Probabilities are calibrated: temperature {temperature} fitted on the validation cells; "
                         "expected calibration error (15 bins) on the test cells {test_ece_before:.3f} before, "

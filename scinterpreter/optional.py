@@ -12,7 +12,7 @@ import importlib.util
 
 # extra -> the modules it brings (import names); pyproject.toml lists the same packages by their pip names.
 EXTRAS = {
-    "train": ("accelerate", "datasets", "evaluate", "sklearn", "yaml"),
+    "train": ("accelerate", "datasets", "evaluate", "sklearn", "yaml", "scanpy"),
     "plots": ("matplotlib", "scanpy", "igraph", "sklearn"),
     "backbone": ("gguf",),
     "encoder": ("wordllama",),

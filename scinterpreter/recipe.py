@@ -92,27 +92,30 @@ class Recipe:
                           "the frozen text embeddings blur; docs/experiments.md, session 14); false: the head alone."},
     )
     n_linear_genes: int = field(
-        default=1024,
-        metadata={"help": "Genes the linear gene scores read: each cell's first n_linear_genes genes by the soft "
-                          "tokens' ranking (linear_gene_selection top; 1024 over the 32 soft tokens' genes: "
-                          "docs/experiments.md, session 15), or the panel size (variable); 0: the soft tokens' genes."},
+        default=2000,
+        metadata={"help": "Genes the linear gene scores read: the panel's size (linear_gene_selection variable; 2000, "
+                          "as logistic-regression references on highly variable genes), or each cell's first "
+                          "n_linear_genes genes by the soft tokens' ranking (top; docs/experiments.md, session 15); "
+                          "0: the soft tokens' genes."},
     )
     linear_gene_selection: str = field(
-        default="top",
-        metadata={"help": "What the linear gene scores read: top (each cell's first n_linear_genes genes by the soft "
-                          "tokens' ranking) or variable (every cell's values on one panel of n_linear_genes highly "
-                          "variable genes of the training cells, which processor.fit picks; docs/experiments.md, "
-                          "session 16)."},
+        default="variable",
+        metadata={"help": "What the linear gene scores read: variable (every cell's values on one panel of "
+                          "n_linear_genes highly variable genes of the training cells, which processor.fit picks; "
+                          "docs/experiments.md, session 16) or top (each cell's first n_linear_genes genes by the soft "
+                          "tokens' ranking, the session-15 default)."},
     )
     linear_class_balance: float = field(
-        default=0.0,
+        default=1.0,
         metadata={"help": "Class weights of the linear gene scores' fit: each cell's loss weighed by (cells of its "
-                          "type)^-power, scaled as scikit-learn's class_weight='balanced' at 1; 0: unweighted."},
+                          "type)^-power, scaled as scikit-learn's class_weight='balanced' at 1 (the default since "
+                          "session 16); 0: unweighted."},
     )
     linear_gene_scale: float = field(
-        default=1.0,
-        metadata={"help": "Factor on the fitted linear gene scores before they are added to the (calibrated) head's "
-                          "logits: above 1 gives the regression more say (docs/experiments.md, session 16)."},
+        default=2.0,
+        metadata={"help": "Factor on the fitted linear gene scores before they are added to the head's logits "
+                          "(divided by its temperature): 2 (since session 16) gives the regression more say than the "
+                          "head; 1 adds them as fitted (docs/experiments.md, session 16)."},
     )
     head_temperature: bool = field(
         default=True,

@@ -73,6 +73,11 @@ class StreamingCells(torch.utils.data.IterableDataset):
 
     def _encode(self, rows):
         encoded = self.processor(self._matrix(rows), gene_names=list(self.gene_names), return_tensors="pt")
+        # A panel's list is as wide as the chunk's busiest cell: padded to the panel, so that batches can span chunks.
+        width = self.processor.linear_list_width
+        for name in ("linear_gene_ids", "linear_gene_values", "linear_gene_mask"):
+            if name in encoded and encoded[name].shape[1] < width:
+                encoded[name] = torch.nn.functional.pad(encoded[name], (0, width - encoded[name].shape[1]))
         for i, row in enumerate(rows):
             item = {name: values[i] for name, values in encoded.items()}
             if self.label_column in row:

@@ -254,8 +254,27 @@ def test_records_from_before_the_longer_linear_gene_list_are_named_by_what_they_
     from scinterpreter.recipe import Recipe
 
     today = asdict(Recipe())
-    session14 = {k: v for k, v in today.items() if k not in ("n_linear_genes", "head_temperature")}
-    assert option_against_today({"recipe": session14, "changes": {}}) == "linear_tokens_only+no_head_temperature"
+    session14 = {k: v for k, v in today.items() if k not in ("n_linear_genes", "head_temperature",
+                                                              "linear_gene_selection", "linear_class_balance",
+                                                              "linear_gene_scale")}
+    assert option_against_today({"recipe": session14, "changes": {}}) == \
+        "linear_tokens_only+no_head_temperature+unweighted_linear"
     # Without linear gene scores, what they would read changes nothing.
     assert option_against_today({"recipe": {**session14, "linear_gene_scores": False}, "changes": {}}) == \
         "no_linear_genes"
+
+
+def test_records_of_the_linear_gene_panel_are_the_default_and_session_15_records_are_named():
+    from dataclasses import asdict
+
+    from recipes import OPTIONS, option_against_today
+
+    from scinterpreter.recipe import Recipe
+
+    today = asdict(Recipe())
+    assert option_against_today({"recipe": {**today, **OPTIONS["linear_panel"]}, "changes": {}}) == "default"
+    session15 = {**{k: v for k, v in today.items()
+                    if k not in ("linear_gene_selection", "linear_class_balance", "linear_gene_scale")},
+                 "n_linear_genes": 1024}
+    assert option_against_today({"recipe": session15, "changes": {}}) == "session15_linear"
+    assert option_against_today({"recipe": {**today, "linear_gene_scale": 1.0}, "changes": {}}) == "linear_scale1"

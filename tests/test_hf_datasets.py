@@ -154,3 +154,26 @@ def test_train_on_the_tahoe_layout_in_memory_and_streamed(tmp_path):
     assert streamed["n_test_cells"] + streamed["n_train_cells"] == 90  # cells named by a hash of their values
     assert streamed["test"]["accuracy"] >= 0.9
     assert sorted(streamed["per_class"]) == ["CVCL_B_cell", "CVCL_T_cell", "CVCL_beta"]
+
+
+def test_streamed_cells_carry_a_panels_linear_list_at_one_width_across_chunks(tmp_path):
+    import anndata
+    import torch
+
+    from processing_scinterpreter import ScInterpreterProcessor
+
+    from scinterpreter.streaming import StreamingCells
+
+    adata = anndata.read_h5ad(make_marker_dataset(tmp_path / "cells.h5ad"))
+    folder = save_cells(anndata_to_dataset(adata, label_column="cell_type"), tmp_path / "cells_dataset")
+    processor = ScInterpreterProcessor(gene_vocab=list(adata.var_names), n_top_genes=4, n_linear_genes=12,
+                                       linear_gene_selection="variable").fit(adata)
+    data = load_cells(folder, streaming=True)
+    stream = StreamingCells(data["cells"], data["gene_metadata"], processor, keep=lambda key: True, chunk_size=7)
+    items = list(stream)
+    assert len(items) == adata.n_obs
+    assert {item["linear_gene_ids"].shape[0] for item in items} == {len(processor.linear_gene_panel)}
+    batch = torch.utils.data.default_collate(items[:16])  # spans chunks of different widths
+    in_memory = processor(adata[:16])
+    np.testing.assert_allclose(batch["linear_gene_values"].sum(1).numpy(),
+                               in_memory["linear_gene_values"].sum(1).numpy(), rtol=1e-5)

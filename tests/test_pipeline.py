@@ -460,3 +460,31 @@ def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_
     model.config.n_linear_input_genes = 20  # as fitting on the longer list sets it: the model then asks for the list
     with pytest.raises(ScInterpreterInputError, match="linear_gene_ids"):
         model(**tokens_only)
+
+
+def test_a_model_whose_linear_gene_scores_read_a_panel_annotates_with_the_saved_panel(tmp_path):
+    from conftest import make_counts, make_tiny_model
+
+    from processing_scinterpreter import ScInterpreterProcessor
+    from scinterpreter.build import save_model_folder
+
+    model = make_tiny_model(linear_gene_scores=True)
+    torch.manual_seed(6)
+    model.set_linear_gene_scores(torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS)))
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=12,
+                                       linear_gene_selection="variable").fit(make_counts(), gene_names=GENES)
+    cells = make_counts(60, seed=3)  # enough for refit_reference
+    folder = save_model_folder(model, processor, tmp_path / "panel-model")
+    annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
+    for refit_reference in (False, True):  # refitting the reference on these cells keeps the panel
+        results = annotate(cells, gene_names=GENES, refit_reference=refit_reference)
+        fitted = (ScInterpreterProcessor.from_pretrained(folder).fit(cells, gene_names=GENES)
+                  if refit_reference else processor)
+        assert fitted.linear_gene_panel == processor.linear_gene_panel
+        with torch.no_grad():
+            expected = model(**fitted(cells, gene_names=GENES)).logits.softmax(-1)
+        np.testing.assert_allclose(results.probabilities, expected.numpy(), rtol=1e-4, atol=1e-5)
+    one_cell = annotate(dict(zip(GENES, cells[0])))  # a single cell: its own, narrower list
+    with torch.no_grad():
+        expected = model(**processor(cells[:1], gene_names=GENES)).logits.softmax(-1)
+    np.testing.assert_allclose(one_cell.probabilities, expected.numpy(), rtol=1e-4, atol=1e-5)

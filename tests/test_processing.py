@@ -246,3 +246,43 @@ def test_the_linear_gene_list_extends_the_soft_tokens_genes_by_the_same_ranking(
 def test_a_linear_gene_list_shorter_than_the_soft_tokens_is_refused():
     with pytest.raises(ScInterpreterInputError, match="n_linear_genes must be 0"):
         ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=4)
+
+
+def test_a_variable_gene_panel_is_picked_by_fit_saved_and_kept_when_the_reference_is_refitted(tmp_path, counts):
+    from conftest import tiny_config
+
+    from scinterpreter.build import register_auto_classes
+
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=4, n_linear_genes=10,
+                                       linear_gene_selection="variable")
+    with pytest.raises(ScInterpreterInputError, match="call processor.fit"):
+        processor(counts, gene_names=GENES)
+    processor.fit(counts, gene_names=GENES)
+    panel = processor.linear_gene_panel
+    assert 10 <= len(panel) < 16 and panel == sorted(panel)  # scanpy keeps genes tied at its cut
+    inputs = processor(counts, gene_names=GENES, return_tensors="np")
+    plain = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=4).fit(counts, gene_names=GENES)
+    np.testing.assert_array_equal(inputs["gene_ids"], plain(counts, gene_names=GENES, return_tensors="np")["gene_ids"])
+    mask = inputs["linear_gene_mask"].astype(bool)
+    values, ids = processor.normalize(counts, gene_names=GENES)
+    for cell in range(len(counts)):  # each cell's expressed panel genes with their normalised values, none else
+        expressed = {int(g): float(v) for g, v in zip(ids, values[cell]) if g in panel and v > 0}
+        listed = dict(zip(inputs["linear_gene_ids"][cell][mask[cell]].tolist(),
+                          inputs["linear_gene_values"][cell][mask[cell]].tolist()))
+        assert listed.keys() == expressed.keys()
+        assert listed == pytest.approx(expressed)
+    assert inputs["linear_gene_ids"].shape[1] == mask.sum(1).max()  # as wide as the cell with most panel genes
+    register_auto_classes(tiny_config())
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert loaded.linear_gene_selection == "variable" and loaded.linear_gene_panel == panel
+    loaded.fit(counts[::-1][:20] * 3, gene_names=GENES)  # another batch: the reference changes, the panel stays
+    assert loaded.linear_gene_panel == panel
+
+
+def test_a_panel_larger_than_the_matched_genes_holds_them_all_and_a_bad_selection_is_refused(counts):
+    processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=4, n_linear_genes=10_000,
+                                       linear_gene_selection="variable").fit(counts, gene_names=GENES)
+    assert processor.linear_gene_panel == sorted(processor.reference_gene_ids)
+    with pytest.raises(ScInterpreterInputError, match="linear_gene_selection must be one of"):
+        ScInterpreterProcessor(gene_vocab=GENES, linear_gene_selection="hvg")

@@ -17,7 +17,8 @@ from scinterpreter.train import parse_arguments
 # Where a folder saved without the field means something else than what new models are built with. To change the
 # recipe's value of any other field the config or processor shares, decide here whether older folders keep theirs.
 OLDER_FOLDERS_MEAN = {"soft_token_rms": None, "gene_selection": None, "gene_dropout": 0.0, "n_top_genes": 64,
-                      "cell_pooling": "class_token", "linear_gene_scores": False, "n_linear_genes": 0}
+                      "cell_pooling": "class_token", "linear_gene_scores": False, "n_linear_genes": 0,
+                      "linear_gene_selection": "top"}
 
 
 def defaults(function) -> dict:

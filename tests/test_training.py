@@ -346,3 +346,35 @@ def test_the_head_is_divided_by_the_temperature_that_calibrates_it_on_the_valida
     assert temperature == pytest.approx(fit_temperature(logits, labels), rel=1e-3) and temperature > 1
     torch.testing.assert_close(head.out_proj.weight, weight / temperature)
     torch.testing.assert_close(head.out_proj.bias, bias / temperature)
+
+
+def test_class_balanced_linear_gene_scores_are_scikit_learns_balanced_fit_and_the_scale_multiplies_them():
+    from types import SimpleNamespace
+
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    from scinterpreter.data import CellDataset
+    from scinterpreter.training import fit_linear_gene_scores
+
+    rng = np.random.default_rng(3)
+    n_cells, n_vocab, k = 240, 30, 5
+    gene_ids = np.stack([rng.choice(n_vocab, k, replace=False) for _ in range(n_cells)])
+    values = rng.exponential(1.0, (n_cells, k)).astype(np.float32)
+    labels = np.where(gene_ids[:, 0] < 3, 2, (values[:, 1] > 1).astype(int))  # type 2 is rare
+    cells = CellDataset({"gene_ids": gene_ids, "gene_values": values, "gene_mask": np.ones((n_cells, k))}, labels)
+    fitted = {}
+    for scale in (1.0, 2.0):
+        stored = {}
+        model = SimpleNamespace(config=SimpleNamespace(gene_vocab_size=n_vocab, num_labels=3),
+                                set_linear_gene_scores=lambda weights, bias: stored.update(weights=weights, bias=bias))
+        info = fit_linear_gene_scores(model, cells, class_balance=1.0, scale=scale)
+        fitted[scale] = stored
+    assert info["class_balance"] == 1.0 and info["scale"] == 2.0
+    design = sparse.csr_matrix((values.ravel(), (np.repeat(np.arange(n_cells), k), gene_ids.ravel())),
+                               shape=(n_cells, n_vocab))
+    reference = LogisticRegression(class_weight="balanced", tol=1e-8, max_iter=5000).fit(design, labels)
+    np.testing.assert_allclose(fitted[1.0]["weights"].numpy(), reference.coef_.T, atol=2e-3)
+    np.testing.assert_allclose(fitted[2.0]["weights"].numpy(), 2 * fitted[1.0]["weights"].numpy(), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(fitted[2.0]["bias"].numpy(), 2 * fitted[1.0]["bias"].numpy(), rtol=1e-4, atol=1e-6)
