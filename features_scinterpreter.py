@@ -225,7 +225,8 @@ def variable_gene_panel(values, matched_vocab_ids, n_genes: int) -> list:
     """
     The vocabulary rows of the `n_genes` most variable of the matched genes (scanpy's `highly_variable_genes`, its
     default flavour, on `values`: log-normalised training cells x matched genes, sparse; a few more where genes tie at
-    its cut, which scanpy keeps), ascending; every matched gene where there are no more. Needs scanpy (the `train` extra): only training picks a panel.
+    its cut, which scanpy keeps), ascending; every matched gene where there are no more. Needs scanpy (the `train`
+    extra): only training picks a panel.
     """
     if values.shape[1] <= n_genes:
         return sorted(int(row) for row in matched_vocab_ids)
