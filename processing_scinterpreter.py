@@ -241,10 +241,16 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         a panel already picked is kept, because a model's linear gene scores were fitted on it (refitting the
         reference on another batch leaves it). Takes the same inputs as calling the processor; returns the processor.
         """
-        from scipy import sparse
-
         wants_panel = (self.linear_gene_selection == "variable" and self.n_linear_genes > 0
                        and self.linear_gene_panel is None)
+        if wants_panel:
+            # In a try block: transformers checks a remote-code file's other imports before it loads it, and only
+            # training picks a panel.
+            try:
+                from scipy import sparse
+            except ImportError as error:
+                raise ImportError("picking the linear gene panel (linear_gene_selection='variable') needs scipy and "
+                                  "scanpy: pip install 'scinterpreter[train]'") from error
 
         def sums(values, _):
             return values.sum(0, dtype=np.float64), len(values), sparse.csr_matrix(values) if wants_panel else None
