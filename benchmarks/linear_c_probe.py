@@ -39,11 +39,26 @@ def linear_design(encoded, n_vocab):
 def scores_of(regression, design, names):
     decision = regression.decision_function(design)
     classes = list(regression.classes_)
-    full = np.full((design.shape[0], len(names)), decision.mean(1, keepdims=True) if False else 0.0)
+    full = np.zeros((design.shape[0], len(names)))
     bias_mean = regression.intercept_.mean()
     for j, name in enumerate(names):
         full[:, j] = decision[:, classes.index(name)] if name in classes else bias_mean
     return full
+
+
+def saved_runs(dataset, split, train_labels):
+    """Per saved run of the split: `(seed, names, head, test_cells, references, saved, fit_part, validation)`: the
+    label names (array), the head's logits (the logits less the linear share), the test cells' positions and
+    reference names, the file's tensors, and the positions of the seed's fitting and validation cells among the
+    training cells (`validation_split`, as `fit` holds them out)."""
+    for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
+        seed = int(path.rsplit("seed", 1)[1].split(".")[0])
+        with safe_open(path, "np") as handle:
+            meta, saved = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+        names = np.array(json.loads(meta["labels"]))
+        fit_part, validation = validation_split(train_labels, 0.1, seed)
+        yield (seed, names, saved["logits"] - saved["linear_gene_scores"], saved["test_cells"],
+               names[saved["references"]], saved, fit_part, validation)
 
 
 def main():
@@ -57,14 +72,8 @@ def main():
         design = linear_design(processor(adata, return_tensors="np"), len(table.vocab))
         position = {c: i for i, c in enumerate(test)}
         rows = []
-        for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
-            seed = int(path.rsplit("seed", 1)[1].split(".")[0])
-            with safe_open(path, "np") as handle:
-                meta, saved = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
-            names = json.loads(meta["labels"]); N = np.array(names)
-            head = saved["logits"] - saved["linear_gene_scores"]
-            cells, reference = saved["test_cells"], N[saved["references"]]
-            fit_part, validation = validation_split(labels[train], 0.1, seed)
+        for seed, N, head, cells, reference, saved, fit_part, validation in saved_runs(dataset, split, labels[train]):
+            names = list(N)
             fit_cells, val_cells = train[fit_part], train[validation]
             row, val_loss, val_f1 = {}, {}, {}
             for c in C_GRID:

@@ -9,18 +9,16 @@ with weight `wN` (`w1000`: the regression alone). Cells: test macro-F1, mean ove
 
     python benchmarks/linear_fusion_probe.py   # -> docs/benchmarks/linear_fusion_probe.{json,md}
 """
-import json, glob, sys
+import json, sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anndata as ad, numpy as np, scanpy as sc
 from scipy import sparse
-from safetensors import safe_open
 from sklearn.linear_model import LogisticRegression
 from splits import load_split, score, splits
-from linear_c_probe import linear_design, scores_of, RECORDS
+from linear_c_probe import linear_design, saved_runs, scores_of
 from scinterpreter.build import build_processor
 from scinterpreter.genes import build_gene_table
-from scinterpreter.training import validation_split
 table=build_gene_table(); out={}
 W=[0.5,1,1.5,2,3,1000]
 for dataset, split, split_file, fold in splits(None):
@@ -33,12 +31,8 @@ for dataset, split, split_file, fold in splits(None):
         designs["panel"]=values[:, np.flatnonzero(v["highly_variable"].to_numpy())]
     else: designs["panel"]=values
     rows=[]
-    for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
-        seed = int(path.rsplit("seed", 1)[1].split(".")[0])
-        with safe_open(path, "np") as h: meta, saved = h.metadata(), {k: h.get_tensor(k) for k in h.keys()}
-        names=json.loads(meta["labels"]); N=np.array(names)
-        head=saved["logits"]-saved["linear_gene_scores"]; cells, ref = saved["test_cells"], N[saved["references"]]
-        fit_part,_=validation_split(labels[train],0.1,seed); fc=train[fit_part]
+    for seed, N, head, cells, ref, saved, fit_part, _ in saved_runs(dataset, split, labels[train]):
+        names=list(N); fc=train[fit_part]
         row={}
         for name,d in designs.items():
           for bal in (None,'balanced'):

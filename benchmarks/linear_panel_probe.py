@@ -10,7 +10,7 @@ values), below-reference values included; `all`: every matched gene. Columns: te
 
     python benchmarks/linear_panel_probe.py   # -> docs/benchmarks/linear_panel_probe.{json,md}
 """
-import json, glob, sys
+import json, sys
 from pathlib import Path
 import anndata as ad
 import numpy as np
@@ -18,13 +18,11 @@ import scanpy as sc
 from scipy import sparse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from safetensors import safe_open
 from sklearn.linear_model import LogisticRegression
 from splits import load_split, score, splits
-from linear_c_probe import linear_design, scores_of, RECORDS
+from linear_c_probe import linear_design, saved_runs, scores_of
 from scinterpreter.build import build_processor
 from scinterpreter.genes import build_gene_table
-from scinterpreter.training import validation_split
 
 PANELS = [1000, 2000, 4000]
 
@@ -47,14 +45,8 @@ def main():
             variable = sc.pp.highly_variable_genes(ad.AnnData(values[train]), n_top_genes=n, inplace=False)
             designs[f"hvg{n}"] = values[:, np.flatnonzero(variable["highly_variable"].to_numpy())]
         rows = []
-        for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
-            seed = int(path.rsplit("seed", 1)[1].split(".")[0])
-            with safe_open(path, "np") as handle:
-                meta, saved = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
-            names = json.loads(meta["labels"]); N = np.array(names)
-            head = saved["logits"] - saved["linear_gene_scores"]
-            cells, reference = saved["test_cells"], N[saved["references"]]
-            fit_part, _ = validation_split(labels[train], 0.1, seed)
+        for seed, N, head, cells, reference, saved, fit_part, _ in saved_runs(dataset, split, labels[train]):
+            names = list(N)
             fit_cells = train[fit_part]
             row = {"saved": score(reference, N[saved["logits"].argmax(1)])["macro_f1"]}
             for name, design in designs.items():
