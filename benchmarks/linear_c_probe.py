@@ -61,16 +61,21 @@ def saved_runs(dataset, split, train_labels):
                names[saved["references"]], saved, fit_part, validation)
 
 
+def split_inputs(table, split_file, dataset, fold):
+    """`(adata, labels, train, processor, design)` of a split: the session-15 processor (32 soft tokens, 1024 linear
+    genes by excess) fitted on its training cells, and every cell's 1024-gene design matrix."""
+    adata, labels, train, _ = load_split(dataset, split_file, fold)
+    processor = build_processor(table, n_top_genes=32, n_linear_genes=1024, gene_selection="excess")
+    processor.fit(adata[train])
+    return adata, labels, train, processor, linear_design(processor(adata, return_tensors="np"), len(table.vocab))
+
+
 def main():
     table = build_gene_table()
     out = {}
     only = sys.argv[1:]
     for dataset, split, split_file, fold in splits(only or None):
-        adata, labels, train, test = load_split(dataset, split_file, fold)
-        processor = build_processor(table, n_top_genes=32, n_linear_genes=1024, gene_selection="excess")
-        processor.fit(adata[train])
-        design = linear_design(processor(adata, return_tensors="np"), len(table.vocab))
-        position = {c: i for i, c in enumerate(test)}
+        adata, labels, train, processor, design = split_inputs(table, split_file, dataset, fold)
         rows = []
         for seed, N, head, cells, reference, saved, fit_part, validation in saved_runs(dataset, split, labels[train]):
             names = list(N)

@@ -15,17 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str
 import anndata as ad, numpy as np, scanpy as sc
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
-from splits import load_split, score, splits
-from linear_c_probe import linear_design, saved_runs, scores_of
-from scinterpreter.build import build_processor
+from splits import score, splits
+from linear_c_probe import saved_runs, scores_of, split_inputs
 from scinterpreter.genes import build_gene_table
 table=build_gene_table(); out={}
 W=[0.5,1,1.5,2,3,1000]
 for dataset, split, split_file, fold in splits(None):
-    adata, labels, train, test = load_split(dataset, split_file, fold)
-    processor = build_processor(table, n_top_genes=32, n_linear_genes=1024, gene_selection="excess"); processor.fit(adata[train])
+    adata, labels, train, processor, top1024 = split_inputs(table, split_file, dataset, fold)
     values,_=processor.normalize(adata); values=sparse.csr_matrix(values)
-    designs={"top1024": linear_design(processor(adata, return_tensors="np"), len(table.vocab))}
+    designs={"top1024": top1024}
     if values.shape[1]>2000:
         v=sc.pp.highly_variable_genes(ad.AnnData(values[train]), n_top_genes=2000, inplace=False)
         designs["panel"]=values[:, np.flatnonzero(v["highly_variable"].to_numpy())]

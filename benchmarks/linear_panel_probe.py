@@ -19,9 +19,8 @@ from scipy import sparse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sklearn.linear_model import LogisticRegression
-from splits import load_split, score, splits
-from linear_c_probe import linear_design, saved_runs, scores_of
-from scinterpreter.build import build_processor
+from splits import score, splits
+from linear_c_probe import saved_runs, scores_of, split_inputs
 from scinterpreter.genes import build_gene_table
 
 PANELS = [1000, 2000, 4000]
@@ -32,10 +31,8 @@ def main():
     out = {}
     only = sys.argv[1:]
     for dataset, split, split_file, fold in splits(only or None):
-        adata, labels, train, test = load_split(dataset, split_file, fold)
-        processor = build_processor(table, n_top_genes=32, n_linear_genes=1024, gene_selection="excess")
-        processor.fit(adata[train])
-        designs = {"top1024": linear_design(processor(adata, return_tensors="np"), len(table.vocab))}
+        adata, labels, train, processor, top1024 = split_inputs(table, split_file, dataset, fold)
+        designs = {"top1024": top1024}
         values, _ = processor.normalize(adata)
         values = sparse.csr_matrix(values)
         designs["all"] = values
