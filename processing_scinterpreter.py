@@ -145,9 +145,14 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         self.ortholog_map = dict(ortholog_map or {})
 
     @property
+    def reads_panel(self) -> bool:
+        """Whether the linear list is each cell's genes of the fitted panel (`linear_gene_selection="variable"`)."""
+        return self.linear_gene_selection == "variable" and self.n_linear_genes > 0
+
+    @property
     def linear_list_width(self) -> int:
         """The most genes the linear list can hold (its width varies with the cells where a panel is read)."""
-        if self.linear_gene_selection == "variable" and self.linear_gene_panel is not None:
+        if self.reads_panel and self.linear_gene_panel is not None:
             return len(self.linear_gene_panel)
         return self.n_linear_genes
 
@@ -164,6 +169,17 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
     def to_dict(self):
         output = super().to_dict()
         return {key: value for key, value in output.items() if not key.startswith("_")}
+
+    def outside_panel_rows(self) -> np.ndarray:
+        """Boolean mask over the vocabulary: the genes outside the linear gene panel (kept until the panel changes)."""
+
+        def build():
+            outside = np.ones(len(self.gene_vocab), dtype=bool)
+            outside[self.linear_gene_panel] = False
+            return outside
+
+        key = (len(self.gene_vocab), id(self.linear_gene_panel))
+        return self._cached("_outside_panel", key, build, (self.linear_gene_panel,))
 
     def _cached(self, name: str, key: tuple, build, keep=()):
         """`build()`, kept in the attribute `name` (unsaved: `to_dict` skips `_` names) until `key` changes."""
@@ -241,8 +257,7 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
         a panel already picked is kept, because a model's linear gene scores were fitted on it (refitting the
         reference on another batch leaves it). Takes the same inputs as calling the processor; returns the processor.
         """
-        wants_panel = (self.linear_gene_selection == "variable" and self.n_linear_genes > 0
-                       and self.linear_gene_panel is None)
+        wants_panel = self.reads_panel and self.linear_gene_panel is None
         if wants_panel:
             # In a try block: transformers checks a remote-code file's other imports before it loads it, and only
             # training picks a panel.
@@ -290,16 +305,13 @@ class ScInterpreterProcessor(FeatureExtractionMixin):
             )
         reference = self.reference_profile() if needs_reference else None
         excluded = self.excluded_vocab_rows() if self.exclude_genes is not None else None
-        panel = self.linear_gene_selection == "variable" and self.n_linear_genes > 0
+        panel = self.reads_panel
         if panel and self.linear_gene_panel is None:
             raise ScInterpreterInputError(
                 "linear_gene_selection='variable' reads a panel of variable genes of the training cells: call "
                 "processor.fit(training_cells) first (train.py does), or load a fitted processor."
             )
-        outside_panel = None
-        if panel:
-            outside_panel = np.ones(len(self.gene_vocab), dtype=bool)
-            outside_panel[self.linear_gene_panel] = False
+        outside_panel = self.outside_panel_rows() if panel else None
 
         # One ranking for both lists: a stable sort makes the first `n_top_genes` of the longer list the top genes.
         n_ranked = self.n_top_genes if panel else max(self.n_top_genes, self.n_linear_genes)
