@@ -633,6 +633,51 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         drop = full.gather(1, target[:, None]) - target_logits
         return torch.where(gene_mask.bool(), drop, torch.zeros_like(drop)).float()
 
+    @torch.no_grad()
+    def linear_gene_attributions(
+        self,
+        gene_ids: torch.LongTensor,
+        gene_values: torch.FloatTensor,
+        gene_mask: torch.Tensor | None = None,
+        target: torch.LongTensor | None = None,
+        linear_gene_ids: torch.LongTensor | None = None,
+        linear_gene_values: torch.FloatTensor | None = None,
+        linear_gene_mask: torch.Tensor | None = None,
+    ) -> torch.FloatTensor:
+        r"""
+        Leave-one-gene-out attributions of the genes that only the linear gene scores read: those of the longer list
+        `linear_gene_*` that are not among the cell's soft tokens. Leaving such a gene out changes no soft token, so
+        the `target` logit drops by exactly its term of the linear read, `value * weight[gene, target]`: no forward
+        pass per gene.
+
+        Args:
+            gene_ids, gene_values, gene_mask, target: as in [`gene_attributions`].
+            linear_gene_ids, linear_gene_values, linear_gene_mask: as in [`forward`].
+
+        Returns:
+            `torch.FloatTensor` of shape `linear_gene_ids.shape`: the logit drop per gene; 0 at padding, at genes
+            without a weight and at the soft tokens' genes (whose drop, which also moves the soft tokens, is
+            [`gene_attributions`]).
+        """
+        if self.gene_score_weights is None or linear_gene_ids is None:
+            raise ScInterpreterInputError("linear_gene_attributions needs a model with linear gene scores and the "
+                                          "processor's longer list (linear_gene_ids / values / mask).")
+        if target is None:
+            target = self(gene_ids, gene_values, gene_mask, linear_gene_ids=linear_gene_ids,
+                          linear_gene_values=linear_gene_values, linear_gene_mask=linear_gene_mask).logits.argmax(-1)
+        linear_gene_ids = linear_gene_ids.long()
+        real = (torch.ones_like(linear_gene_ids, dtype=torch.bool) if linear_gene_mask is None
+                else linear_gene_mask.bool())
+        tokens = gene_ids.long() if gene_mask is None else gene_ids.long().masked_fill(~gene_mask.bool(), -1)
+        only_linear = real & (linear_gene_ids[:, :, None] != tokens[:, None, :]).all(-1)
+        scored = self.gene_score_genes
+        if not len(scored):
+            return torch.zeros(linear_gene_ids.shape, device=linear_gene_ids.device)
+        row = torch.searchsorted(scored, linear_gene_ids).clamp(max=len(scored) - 1)
+        weight = self.gene_score_weights.float()[row, target.to(row.device)[:, None]]  # each cell's target label only
+        term = linear_gene_values.float() * weight
+        return torch.where(only_linear & (scored[row] == linear_gene_ids), term, torch.zeros_like(term))
+
 
 __all__ = [
     # Defined in loading_scinterpreter; still importable from here, where user code found them before.

@@ -119,8 +119,13 @@ class CellAnnotationPipeline(Pipeline):
                          "cell_embeddings": cell_embeddings, "gene_mask": model_inputs["gene_mask"]}
         if explain:
             model_outputs["gene_ids"] = model_inputs["gene_ids"]
-            model_outputs["attributions"] = self.model.gene_attributions(**model_inputs,
-                                                                         target=probabilities.argmax(-1))
+            target = probabilities.argmax(-1)
+            model_outputs["attributions"] = self.model.gene_attributions(**model_inputs, target=target)
+            if "linear_gene_ids" in model_inputs and self.model.gene_score_weights is not None:
+                # The genes that only the linear gene scores read (a panel's other genes) are explained too.
+                model_outputs["linear_gene_ids"] = model_inputs["linear_gene_ids"]
+                model_outputs["linear_attributions"] = self.model.linear_gene_attributions(**model_inputs,
+                                                                                           target=target)
         return model_outputs
 
     def _run_model(self, model_inputs, batch_size=None):
@@ -220,7 +225,9 @@ class CellAnnotationPipeline(Pipeline):
                 label: `True` for the top 5, or how many. Each gene's attribution is the drop of the label's logit
                 when that gene is left out (`gene_attributions`; one forward pass per gene, so about
                 `n_top_genes` times the cost). The genes ranked are the soft tokens' (each leaves with its linear
-                gene score); the further genes that only the linear gene scores read are not. Per cell as `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
+                gene score) and, where the linear gene scores read a longer list (a panel), that list's other genes,
+                whose drop is exactly their term of the linear read (no extra pass). Per cell as
+                `"genes": [{"gene", "attribution"}, ...]`; for an AnnData
                 also `obsm[key_added + "_genes"]` (a table: gene_1..gene_n, attribution_1..attribution_n).
             majority_voting (`bool`, *optional*, defaults to `False`): also give each cell the most frequent label
                 of its cluster in an over-clustering of the cells (as CellTypist does): per cell as
@@ -367,6 +374,13 @@ class CellAnnotationPipeline(Pipeline):
         """Adds each cell's `n_explained` genes of largest attribution to its result."""
         attributions = model_outputs["attributions"].numpy()
         gene_ids, mask = model_outputs["gene_ids"].numpy(), model_outputs["gene_mask"].numpy().astype(bool)
+        if "linear_attributions" in model_outputs:
+            # Candidates: the soft tokens, and the genes only the linear read weighs (0 marks the others: soft
+            # tokens, whose drop is already counted, padding, and genes without a weight).
+            linear_attributions = model_outputs["linear_attributions"].numpy()
+            attributions = np.concatenate([attributions, linear_attributions], axis=1)
+            gene_ids = np.concatenate([gene_ids, model_outputs["linear_gene_ids"].numpy()], axis=1)
+            mask = np.concatenate([mask, linear_attributions != 0], axis=1)
         vocab = self.processor.gene_vocab
         for result, cell_attributions, cell_ids, cell_mask in zip(results, attributions, gene_ids, mask):
             order = [i for i in np.argsort(-cell_attributions, kind="stable") if cell_mask[i]][:n_explained]

@@ -278,3 +278,15 @@ def test_records_of_the_linear_gene_panel_are_the_default_and_session_15_records
                  "n_linear_genes": 1024}
     assert option_against_today({"recipe": session15, "changes": {}}) == "session15_linear"
     assert option_against_today({"recipe": {**today, "linear_gene_scale": 1.0}, "changes": {}}) == "linear_scale1"
+
+
+def test_explanations_leave_a_gene_out_of_the_soft_tokens_and_of_the_longer_list():
+    explanations = benchmark("explanations")
+    inputs = {"gene_ids": torch.tensor([[3, 5, 7, 0]]), "gene_values": torch.tensor([[3.0, 2.0, 1.0, 0.0]]),
+              "gene_mask": torch.tensor([[1, 1, 1, 0]]), "linear_gene_ids": torch.tensor([[3, 5, 7, 9, 11]]),
+              "linear_gene_values": torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0]]),
+              "linear_gene_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    kept = explanations.without_genes(inputs, explanations.padded([[5, 9]], 3))
+    assert kept["gene_ids"].tolist() == [[3, 7, 0, 5]] and kept["gene_mask"].tolist() == [[1, 1, 0, 0]]
+    assert kept["gene_values"].tolist() == [[3.0, 1.0, 0.0, 2.0]]
+    assert kept["linear_gene_mask"].tolist() == [[1, 0, 1, 0, 0]]

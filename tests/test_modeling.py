@@ -382,3 +382,28 @@ def test_linear_gene_scores_read_the_longer_gene_list_where_the_processor_gives_
     target = model(**inputs).logits[cell].argmax()
     drop = model(**inputs).logits[cell, target] - model(**without).logits[0, target]
     torch.testing.assert_close(attributions[cell, position], drop, atol=1e-5, rtol=1e-5)
+
+
+def test_genes_only_the_linear_scores_read_are_attributed_their_exact_leave_one_out_drop(counts):
+    extended = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=20)
+    model = make_tiny_model(linear_gene_scores=True).eval()
+    torch.manual_seed(6)
+    model.set_linear_gene_scores(torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS)))
+    inputs = batch(extended, counts[:4])
+    target = model(**inputs).logits.argmax(-1)
+    attributions = model.linear_gene_attributions(**inputs, target=target)
+    assert attributions.shape == inputs["linear_gene_ids"].shape
+    torch.testing.assert_close(model.linear_gene_attributions(**inputs), attributions)  # target: the predicted label
+    checked = 0
+    for cell in range(4):
+        tokens = inputs["gene_ids"][cell][inputs["gene_mask"][cell].bool()].tolist()
+        for position, gene in enumerate(inputs["linear_gene_ids"][cell].tolist()):
+            if not inputs["linear_gene_mask"][cell, position] or gene in tokens:
+                assert attributions[cell, position] == 0  # padding, or a soft token (gene_attributions' gene)
+                continue
+            one = {name: tensor[cell : cell + 1].clone() for name, tensor in inputs.items()}
+            one["linear_gene_mask"][0, position] = 0
+            drop = model(**inputs).logits[cell, target[cell]] - model(**one).logits[0, target[cell]]
+            torch.testing.assert_close(attributions[cell, position], drop, atol=1e-5, rtol=1e-5)
+            checked += 1
+    assert checked >= 4  # the longer lists did hold genes beyond the soft tokens

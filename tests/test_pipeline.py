@@ -445,9 +445,15 @@ def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_
     from scinterpreter.build import save_model_folder
 
     model = make_tiny_model(linear_gene_scores=True)
-    torch.manual_seed(5)
-    model.set_linear_gene_scores(torch.randn(len(GENES), len(LABELS)), torch.randn(len(LABELS)))
     processor = ScInterpreterProcessor(gene_vocab=GENES, n_top_genes=8, n_linear_genes=20)
+    # A gene that the first cell's longer list holds but its soft tokens do not, weighted heavily (alike for every
+    # label, so that no call changes): the explanations must name it first, with its exact term.
+    first = processor(counts[:1], gene_names=GENES)
+    read_only_linearly = int(first["linear_gene_ids"][0, first["linear_gene_mask"][0].bool()][-1])
+    torch.manual_seed(5)
+    weights = torch.randn(len(GENES), len(LABELS))
+    weights[read_only_linearly] = 50.0
+    model.set_linear_gene_scores(weights, torch.randn(len(LABELS)))
     folder = save_model_folder(model, processor, tmp_path / "linear-model")
     annotate = pipeline("cell-annotation", model=str(folder), trust_remote_code=True)
     results = annotate(counts, gene_names=GENES, explain=3)
@@ -456,6 +462,14 @@ def test_a_model_whose_linear_gene_scores_read_a_longer_gene_list_annotates_and_
         expected = model(**inputs).logits.softmax(-1)  # the longer list's scores included
     np.testing.assert_allclose(results.probabilities, expected.numpy(), atol=1e-5)
     assert all(len(r["genes"]) == 3 for r in results)
+    for cell, result in enumerate(results):
+        real = inputs["linear_gene_mask"][cell].bool()
+        listed = dict(zip(inputs["linear_gene_ids"][cell][real].tolist(),
+                          inputs["linear_gene_values"][cell][real].tolist()))
+        if read_only_linearly in listed and read_only_linearly not in inputs["gene_ids"][cell].tolist():
+            assert result["genes"][0]["gene"] == GENES[read_only_linearly]
+            assert result["genes"][0]["attribution"] == pytest.approx(50.0 * listed[read_only_linearly], rel=1e-5)
+    assert results[0]["genes"][0]["gene"] == GENES[read_only_linearly]
     tokens_only = {name: tensor for name, tensor in inputs.items() if not name.startswith("linear_")}
     model.config.n_linear_input_genes = 20  # as fitting on the longer list sets it: the model then asks for the list
     with pytest.raises(ScInterpreterInputError, match="linear_gene_ids"):
