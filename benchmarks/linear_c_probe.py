@@ -46,12 +46,12 @@ def scores_of(regression, design, names):
     return full
 
 
-def saved_runs(dataset, split, train_labels):
-    """Per saved run of the split: `(seed, names, head, test_cells, references, saved, fit_part, validation)`: the
-    label names (array), the head's logits (the logits less the linear share), the test cells' positions and
-    reference names, the file's tensors, and the positions of the seed's fitting and validation cells among the
-    training cells (`validation_split`, as `fit` holds them out)."""
-    for path in sorted(glob.glob(str(RECORDS / f"default__{dataset}__{split}__seed*.safetensors"))):
+def saved_runs(dataset, split, train_labels, records=RECORDS, option="default"):
+    """Per saved run of the split (option `option`, in `records`): `(seed, names, head, test_cells, references,
+    saved, fit_part, validation)`: the label names (array), the head's logits (the logits less the linear share), the
+    test cells' positions and reference names, the file's tensors, and the positions of the seed's fitting and
+    validation cells among the training cells (`validation_split`, as `fit` holds them out)."""
+    for path in sorted(glob.glob(str(records / f"{option}__{dataset}__{split}__seed*.safetensors"))):
         seed = int(path.rsplit("seed", 1)[1].split(".")[0])
         with safe_open(path, "np") as handle:
             meta, saved = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
