@@ -10,7 +10,6 @@ adds it:
 
 - `hvg2000`: today's panel (checks the refit against the product: `saved`);
 - `hvg2000+topN`: the same and the N genes of highest mean log-normalised expression over the training cells;
-- `cell_ranger2000`: scanpy's `cell_ranger` flavour (dispersion normalised by the median and MAD of its bin);
 - `hvg1500+top500`: the same width as today, a quarter given to the most expressed genes.
 
 Columns: test macro-F1 of head + 2 x regression, and of the regression alone (`lin`); mean over the saved seeds.
@@ -36,13 +35,13 @@ RECORDS = Path(__file__).resolve().parent / "records" / "test_logits_2026-12-07c
 SCALE = 2.0  # the default's linear_gene_scale
 
 
-def highly_variable(values, n_genes, flavor="seurat"):
+def highly_variable(values, n_genes):
     import anndata as ad
     import scanpy as sc
 
     if values.shape[1] <= n_genes:
         return np.arange(values.shape[1])
-    table = sc.pp.highly_variable_genes(ad.AnnData(values), n_top_genes=n_genes, flavor=flavor, inplace=False)
+    table = sc.pp.highly_variable_genes(ad.AnnData(values), n_top_genes=n_genes, inplace=False)
     return np.flatnonzero(table["highly_variable"].to_numpy())
 
 
@@ -53,8 +52,7 @@ def panels(train_values):
     return {"hvg2000": hvg2000,
             "hvg2000+top100": np.union1d(hvg2000, by_mean[:100]),
             "hvg2000+top300": np.union1d(hvg2000, by_mean[:300]),
-            "hvg1500+top500": np.union1d(hvg1500, by_mean[:500]),
-            "cell_ranger2000": highly_variable(train_values, 2000, flavor="cell_ranger")}
+            "hvg1500+top500": np.union1d(hvg1500, by_mean[:500])}
 
 
 def main():
