@@ -70,6 +70,17 @@ def split_inputs(table, split_file, dataset, fold):
     return adata, labels, train, processor, linear_design(processor(adata, return_tensors="np"), len(table.vocab))
 
 
+def write_probe_report(name, out, keys, title, intro):
+    """docs/benchmarks/<name>.json (`out`: per split, each column's mean) and .md: a table of the `keys` columns per
+    split and their mean over the splits."""
+    target = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / name
+    target.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    lines = [f"# {title}", "", intro, "", "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {split} | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |" for split, v in out.items()]
+    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values()]):.3f}" for k in keys) + " |"]
+    target.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def main():
     table = build_gene_table()
     out = {}
@@ -108,15 +119,10 @@ def main():
     print("MEAN", {k: round(float(np.mean([v[k] for v in out.values()])), 3) for k in next(iter(out.values()))})
     if only:
         return
-    target = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "linear_c_probe"
-    target.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    lines = ["# Regularisation of the linear gene scores, estimated from the default's saved test logits", "",
-             "`python benchmarks/linear_c_probe.py`: test macro-F1 of head + refitted regression, mean over 3 seeds "
-             "(see the script's docstring; `chosen`: mean validation-chosen C).", "",
-             "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines += [f"| {name} | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |" for name, v in out.items()]
-    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values()]):.3f}" for k in keys) + " |"]
-    target.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_probe_report("linear_c_probe", out, keys,
+                       "Regularisation of the linear gene scores, estimated from the default's saved test logits",
+                       "`python benchmarks/linear_c_probe.py`: test macro-F1 of head + refitted regression, mean "
+                       "over 3 seeds (see the script's docstring; `chosen`: mean validation-chosen C).")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ adds it. `L2 C=1`: today's regression (its row checks the refit against the prod
 
     python benchmarks/linear_l1_probe.py [dataset ...]   # -> docs/benchmarks/linear_l1_probe.{json,md} (all splits)
 """
-import json
 import sys
 import time
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from linear_c_probe import linear_design, saved_runs, scores_of  # noqa: E402
+from linear_c_probe import linear_design, saved_runs, scores_of, write_probe_report  # noqa: E402
 from splits import load_split, score, splits  # noqa: E402
 
 from scinterpreter.build import build_processor  # noqa: E402
@@ -74,17 +73,13 @@ def main():
     print("MEAN", {k: round(float(np.mean([v[k] for v in out.values()])), 4) for k in next(iter(out.values()))})
     if only:
         return
-    target = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "linear_l1_probe"
-    target.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     keys = ["saved"] + [k for name in VARIANTS for k in (name, name + " lin")]
-    lines = ["# L1 and elastic-net panel regressions, estimated from the default's saved test logits", "",
-             "`python benchmarks/linear_l1_probe.py`: test macro-F1 of head + 2 x refitted regression (and of the "
-             "regression alone, `lin`), mean over the saved seeds; `saved`: the product runs' own logits (see the "
-             "script's docstring). Genes with a weight and fitting seconds per variant in the JSON.", "",
-             "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines += [f"| {name} | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |" for name, v in out.items()]
-    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values()]):.3f}" for k in keys) + " |"]
-    target.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_probe_report("linear_l1_probe", out, keys,
+                       "L1 and elastic-net panel regressions, estimated from the default's saved test logits",
+                       "`python benchmarks/linear_l1_probe.py`: test macro-F1 of head + 2 x refitted regression (and "
+                       "of the regression alone, `lin`), mean over the saved seeds; `saved`: the product runs' own "
+                       "logits (see the script's docstring). Genes with a weight and fitting seconds per variant in "
+                       "the JSON.")
 
 
 if __name__ == "__main__":

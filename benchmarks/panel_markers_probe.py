@@ -17,7 +17,6 @@ Minutes; no training of the model.
 
     python benchmarks/panel_markers_probe.py [dataset or split ...]   # -> docs/benchmarks/panel_markers_probe.{json,md}
 """
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from linear_c_probe import saved_runs, scores_of  # noqa: E402
+from linear_c_probe import saved_runs, scores_of, write_probe_report  # noqa: E402
 from splits import load_split, score, splits  # noqa: E402
 
 from scinterpreter.build import build_processor  # noqa: E402
@@ -86,17 +85,12 @@ def main():
     print("MEAN", {k: round(float(np.mean([v[k] for v in out.values()])), 4) for k in next(iter(out.values()))})
     if only:
         return
-    target = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "panel_markers_probe"
-    target.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     keys = [k for k in next(iter(out.values())) if not k.endswith(" genes")]
-    lines = ["# The regression's gene panel: highly variable genes, and the most expressed ones", "",
-             "`python benchmarks/panel_markers_probe.py`: test macro-F1 of head + 2 x refitted regression (and of the "
-             "regression alone, `lin`), mean over the saved seeds; `saved`: the product runs' own logits (see the "
-             "script's docstring). Panel sizes in the JSON.", "",
-             "| split | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines += [f"| {name} | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |" for name, v in out.items()]
-    lines += ["| **mean** | " + " | ".join(f"{np.mean([v[k] for v in out.values()]):.3f}" for k in keys) + " |"]
-    target.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_probe_report("panel_markers_probe", out, keys,
+                       "The regression's gene panel: highly variable genes, and the most expressed ones",
+                       "`python benchmarks/panel_markers_probe.py`: test macro-F1 of head + 2 x refitted regression "
+                       "(and of the regression alone, `lin`), mean over the saved seeds; `saved`: the product runs' "
+                       "own logits (see the script's docstring). Panel sizes in the JSON.")
 
 
 if __name__ == "__main__":
