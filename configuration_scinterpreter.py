@@ -3,7 +3,7 @@
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
-UNASSIGNED_SCORES = ("max_probability", "energy", "centroid_distance")
+UNASSIGNED_SCORES = ("max_probability", "energy", "centroid_distance", "max_probability_and_centroid_distance")
 CELL_POOLINGS = ("class_token", "mean", "class_token_and_mean")
 
 
@@ -102,11 +102,19 @@ class ScInterpreterConfig(PretrainedConfig):
             The confidence `unassigned_threshold` applies to: `"max_probability"` (the calibrated probability of
             the best type), `"energy"` (`T * logsumexp(logits / T)`, T the calibration temperature) or
             `"centroid_distance"` (the cosine similarity of the cell embedding to the nearest cell-type centroid,
-            1 minus the distance: needs `cell_type_centroids`).
+            1 minus the distance: needs `cell_type_centroids`) or `"max_probability_and_centroid_distance"` (both: a
+            cell is Unassigned when its calibrated probability falls below `unassigned_threshold` or its similarity
+            below `centroid_similarity_threshold`, so that both uncertain cells and cells unlike every known type
+            are flagged; its confidence is `min(probability, similarity + unassigned_threshold -
+            centroid_similarity_threshold)`).
+        centroid_similarity_threshold (`float`, *optional*):
+            With `unassigned_score="max_probability_and_centroid_distance"`: the cosine similarity to the nearest
+            cell-type centroid below which a cell is Unassigned (fitted on the validation cells together with
+            `unassigned_threshold`, so that about 5% of them fall below either). None otherwise.
         cell_type_centroids (`bool`, *optional*, defaults to `False`):
             Whether the model holds its cell types' centroids (the buffer `cell_type_centroids`, `num_labels x
             hidden_size`: per type, the mean of its training cells' unit-length cell embeddings), which `fit` stores
-            when it calibrates with `unassigned_score="centroid_distance"`.
+            when it calibrates with an `unassigned_score` that reads them.
         adapter_only (`bool`, *optional*, defaults to `False`):
             Set by `save_pretrained(..., adapter_only=True)`: the folder holds only the trained weights, and
             `from_pretrained` loads the backbone from `backbone_name_or_path` and the gene table from
@@ -147,6 +155,7 @@ class ScInterpreterConfig(PretrainedConfig):
         calibration_temperature=None,
         unassigned_threshold=None,
         unassigned_score="max_probability",
+        centroid_similarity_threshold=None,
         cell_type_centroids=False,
         adapter_only=False,
         **kwargs,
@@ -199,6 +208,7 @@ class ScInterpreterConfig(PretrainedConfig):
             )
         self.unassigned_threshold = unassigned_threshold
         self.unassigned_score = unassigned_score
+        self.centroid_similarity_threshold = centroid_similarity_threshold
         self.cell_type_centroids = bool(cell_type_centroids)
         self.adapter_only = adapter_only
         super().__init__(**kwargs)

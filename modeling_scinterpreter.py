@@ -507,14 +507,27 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         """
         Per cell, how sure the model is that the cell is of a type it knows (higher: surer), as
         `config.unassigned_score` defines it: the calibrated best probability, the energy `T * logsumexp(logits
-        / T)`, or the cosine similarity of the cell embedding to the nearest cell-type centroid (`1 -
-        centroid_distance`, which needs `cell_embeddings`). `config.unassigned_threshold` is fitted on this score.
+        / T)`, the cosine similarity of the cell embedding to the nearest cell-type centroid (`1 -
+        centroid_distance`, which needs `cell_embeddings`), or for `"max_probability_and_centroid_distance"` the
+        lesser of the probability and the similarity shifted onto the probability's threshold, so that a cell falls
+        below `config.unassigned_threshold` when either falls below its own. `config.unassigned_threshold` is fitted
+        on this score.
         """
         score = self.config.unassigned_score
-        if score == "centroid_distance":
+        if score in ("centroid_distance", "max_probability_and_centroid_distance"):
             if cell_embeddings is None:
-                raise ScInterpreterInputError("unassigned_score='centroid_distance' needs the cells' cell_embeddings.")
-            return self._nearest_centroid_similarity(cell_embeddings)
+                raise ScInterpreterInputError(f"unassigned_score={score!r} needs the cells' cell_embeddings.")
+            similarity = self._nearest_centroid_similarity(cell_embeddings)
+            if score == "centroid_distance":
+                return similarity
+            if self.config.unassigned_threshold is None or self.config.centroid_similarity_threshold is None:
+                raise ScInterpreterInputError(
+                    f"unassigned_score={score!r} needs both fitted thresholds (config.unassigned_threshold and "
+                    "config.centroid_similarity_threshold), and this model lacks one: retrain it, or set "
+                    "config.unassigned_score to 'max_probability'."
+                )
+            shift = self.config.unassigned_threshold - self.config.centroid_similarity_threshold
+            return torch.minimum(self.probabilities(logits).max(-1).values, similarity.to(logits.device) + shift)
         if score == "energy":
             temperature = self.config.calibration_temperature or 1.0
             return temperature * torch.logsumexp(logits.float() / temperature, -1)

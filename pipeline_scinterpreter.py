@@ -206,8 +206,9 @@ class CellAnnotationPipeline(Pipeline):
             threshold (`float` or `"auto"`, *optional*, defaults to 0.0): cells whose best (calibrated) probability
                 is below it are labelled `"Unassigned"`, as are cells with no expressed vocabulary gene. `"auto"`:
                 the threshold fitted on the validation cells at training (`config.unassigned_threshold`, on
-                `config.unassigned_score`: the calibrated best probability, the energy, or the cosine similarity to
-                the nearest cell-type centroid; about 5% of known-type cells fall below it), to flag cell types the
+                `config.unassigned_score`: the calibrated best probability, the energy, the cosine similarity to
+                the nearest cell-type centroid, or both the probability and the similarity, each with its own
+                threshold; about 5% of known-type cells fall below), to flag uncertain cells and cell types the
                 model was not trained on (docs/benchmarks/unknown_types.md).
             key_added (`str`, *optional*, defaults to `"scinterpreter"`): AnnData only: `obs[key_added]` (labels),
                 `obs[key_added + "_score"]` (probability of the label), `obsm[key_added + "_probabilities"]`
@@ -409,7 +410,8 @@ def annotation_keys(key_added=CALL_DEFAULTS["key_added"], explain=False, majorit
 def annotation_record(model, processor, gene_names, threshold, reference="the training cells") -> dict:
     """
     What `uns[key_added]` records of an annotation: `labels` (the order of the probability columns), `model`,
-    `threshold` (as given) with the `unassigned_threshold` and `unassigned_score` it resolved to,
+    `threshold` (as given) with the `unassigned_threshold` and `unassigned_score` it resolved to (and
+    `centroid_similarity_threshold`, where that score has one),
     `calibration_temperature` and `calibrated` (False: the model carries no temperature, so the probabilities are the
     plain softmax and the temperature reads 1.0), `gene_match`, `reference` and `scinterpreter_version`. The pipeline
     and `scinterpreter.annotate`'s `.h5ad` writer both write this, so that the two records are the same.
@@ -419,7 +421,7 @@ def annotation_record(model, processor, gene_names, threshold, reference="the tr
     temperature = getattr(config, "calibration_temperature", None)
     # None only where "auto" meets a model without a fitted threshold, which the pipeline refuses before any cell.
     applied = getattr(config, "unassigned_threshold", None) if auto else threshold
-    return {
+    record = {
         "labels": [config.id2label[i] for i in range(len(config.id2label))],
         "model": str(model.name_or_path),
         "threshold": threshold if auto else float(threshold),
@@ -431,6 +433,9 @@ def annotation_record(model, processor, gene_names, threshold, reference="the tr
         "reference": reference,
         "scinterpreter_version": getattr(config, "scinterpreter_version", None) or "unknown",
     }
+    if auto and getattr(config, "centroid_similarity_threshold", None) is not None:
+        record["centroid_similarity_threshold"] = float(config.centroid_similarity_threshold)
+    return record
 
 
 def taken_annotation_keys(keys, obs, obsm, uns) -> list:

@@ -3,7 +3,8 @@ Baron human and PBMC 3k), a model is trained by the product's `fit` on the remai
 cell of the left-out type (none of which was trained on) should come out `Unassigned`, while the test cells of
 the known types should keep their label.
 
-    python benchmarks/unknown_types.py            # 6 trainings, ~45 min on 2 CPU cores; then the report
+    python benchmarks/unknown_types.py            # 6 trainings, ~35 min on 2 CPU cores; then the report
+    python benchmarks/unknown_types.py --seed 1   # 6 more (saved beside seed 0's); the report scores every saved run
     python benchmarks/unknown_types.py --report   # the report again from the saved per-cell outputs
     python benchmarks/unknown_types.py --render   # only the markdown, from docs/benchmarks/unknown_types.json
 
@@ -13,7 +14,9 @@ energy (the temperature-scaled log-sum-exp of the logits), the cosine distance o
 nearest known type's mean training embedding, and its mean cosine distance to its 10 nearest training cells. The
 models are trained with `unassigned_score="centroid_distance"` (which changes only what calibration stores), so each
 run also saves the product's own score, from the centroids stored in the model (`centroid_distance`), scored as a
-fifth column, `stored_centroid_distance` (runs saved before it lack it, and the column is left out then). For each:
+fifth column, `stored_centroid_distance` (runs saved before it lack it, and the column is left out then), and the
+product's default, `max_probability_and_centroid_distance` (a cell is flagged when its calibrated probability or its
+stored centroids' similarity falls below its own threshold, the two fitted together), as a sixth. For each:
 AUROC for telling the left-out cells from the known test cells, and, at the automatic threshold the product fits on
 the validation cells
 (`scinterpreter.calibration.fit_unassigned_threshold`), how many left-out cells are flagged and how many known test
@@ -43,8 +46,9 @@ OUT = REPO / "outputs" / "unknown_types"
 REPORT = REPO / "docs" / "benchmarks" / "unknown_types.json"
 
 
-def run_name(dataset, cell_type):
-    return f"{dataset}__{cell_type.replace(' ', '_').replace('+', 'p')}"
+def run_name(dataset, cell_type, seed=0):
+    """The saved run's file stem (seed 0's runs keep the stem they were first saved under)."""
+    return f"{dataset}__{cell_type.replace(' ', '_').replace('+', 'p')}" + (f"__seed{seed}" if seed else "")
 
 
 def train_one(dataset, cell_type, seed):
@@ -81,7 +85,7 @@ def train_one(dataset, cell_type, seed):
                 "unassigned_threshold": str(getattr(result.model.config, "unassigned_threshold", None)),
                 "classes": json.dumps(list(result.label2id)), "train_seconds": f"{result.train_seconds:.1f}"}
     OUT.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, OUT / f"{run_name(dataset, cell_type)}.safetensors", metadata=metadata)
+    save_file(tensors, OUT / f"{run_name(dataset, cell_type, seed)}.safetensors", metadata=metadata)
     print(f"{dataset} without {cell_type}: {result.train_seconds:.0f} s of training", flush=True)
 
 
@@ -101,6 +105,26 @@ def scores(outputs, temperature, centroids, train_embeddings, k=10):
     if "stored_centroid_distance" in outputs:  # the product's score, from the centroids the model stores
         result["stored_centroid_distance"] = outputs["stored_centroid_distance"].numpy()
     return result
+
+
+def combine_probability_and_centroid(per_part) -> dict:
+    """Adds the product's `max_probability_and_centroid_distance` score to each part's scores (in place): the
+    thresholds of the calibrated probability and of the stored centroids' similarity fitted together on the validation
+    cells (`fit_unassigned_thresholds`), the confidence `min(probability, similarity + t_probability -
+    t_similarity)`, as `ScInterpreterForCellAnnotation.confidence` gives it. Returns `{score: confidence threshold}`
+    for it (empty for runs saved without the stored centroids' score)."""
+    from scinterpreter.calibration import fit_unassigned_thresholds
+
+    if "stored_centroid_distance" not in per_part["validation"]:
+        return {}
+    probability = {name: 1 - part["max_probability"] for name, part in per_part.items()}
+    similarity = {name: 1 - part["stored_centroid_distance"] for name, part in per_part.items()}
+    cut_probability, cut_similarity = fit_unassigned_thresholds(
+        np.stack([probability["validation"], similarity["validation"]], 1))
+    for name, part in per_part.items():
+        part["max_probability_and_centroid_distance"] = -np.minimum(
+            probability[name], similarity[name] + cut_probability - cut_similarity)
+    return {"max_probability_and_centroid_distance": cut_probability}
 
 
 def report(command="python benchmarks/unknown_types.py"):
@@ -125,6 +149,7 @@ def report(command="python benchmarks/unknown_types.py"):
             [train_embeddings[train_labels == label].mean(0) for label in train_labels.unique()]), dim=-1)
         per_part = {name: scores(parts[name], temperature, centroids, train_embeddings)
                     for name in ("validation", "test", "left_out")}
+        thresholds = combine_probability_and_centroid(per_part)
         test_correct = (parts["test"]["logits"].argmax(-1) == parts["test"]["labels"]).numpy()
         row = {"dataset": metadata["dataset"], "left_out": metadata["left_out"], "seed": int(metadata["seed"]),
                "n_left_out": len(parts["left_out"]["labels"]), "n_known_test": len(parts["test"]["labels"]),
@@ -132,7 +157,7 @@ def report(command="python benchmarks/unknown_types.py"):
                "train_seconds": float(metadata["train_seconds"]), "scores": {}}
         for score in per_part["test"]:
             known, unknown = per_part["test"][score], per_part["left_out"][score]
-            threshold = fit_unassigned_threshold(-per_part["validation"][score], UNASSIGNED_RATE)
+            threshold = thresholds.get(score, fit_unassigned_threshold(-per_part["validation"][score], UNASSIGNED_RATE))
             flagged_known, flagged_unknown = known > -threshold, unknown > -threshold
             row["scores"][score] = {
                 "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(unknown))],
@@ -166,6 +191,7 @@ def render(result: dict) -> str:
     else:
         rate = (f"it flags at most `UNASSIGNED_RATE` of them, {UNASSIGNED_RATE:.0%} in the product now; this JSON does "
                 "not record the rate of its run")
+    by_seed = len(seeds) > 1
     lines = [
         "# Unknown cell types: leave one type out of training",
         "",
@@ -175,19 +201,28 @@ def render(result: dict) -> str:
         "the model saw none) should be flagged; the known types' test cells should not. The threshold is the "
         f"product's automatic one (`fit_unassigned_threshold` on the validation cells: {rate}).",
         "",
-        "| dataset | left out (cells) | known test acc | " + " | ".join(
+        "| dataset | left out (cells) | " + "seed | " * by_seed + "known test acc | " + " | ".join(
             f"{score}: AUROC / left out flagged / known flagged" for score in names) + " |",
-        "|---|---|---|" + "---|" * len(names),
+        "|---|---|---|" + "---|" * (len(names) + by_seed),
     ]
     for row in result["runs"]:
-        lines.append(f"| {row['dataset']} | {row['left_out']} ({row['n_left_out']}) | {row['known_test_accuracy']:.3f} | "
+        lines.append(f"| {row['dataset']} | {row['left_out']} ({row['n_left_out']}) | "
+                     + f"{row['seed']} | " * by_seed + f"{row['known_test_accuracy']:.3f} | "
                      + " | ".join("{auroc:.3f} / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
                          **row["scores"][score]) for score in names) + " |")
-    lines.append("| **mean** | | | " + " | ".join("**{auroc:.3f}** / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
+    lines.append("| **mean** | | | " + "| " * by_seed + " | ".join("**{auroc:.3f}** / {left_out_flagged:.2f} / {known_flagged:.2f}".format(
         **result["mean"][score]) for score in names) + " |")
     lines += ["", "Higher AUROC: the score tells the left-out cells from the known ones better. Known flagged: known "
               "test cells that would come out `Unassigned` at the automatic threshold (some of them misclassified "
-              "anyway: see `known_correct_flagged` and `known_accuracy_of_kept` in the JSON)."]
+              "anyway: see `known_correct_flagged` and `known_accuracy_of_kept` in the JSON). "
+              "`max_probability_and_centroid_distance` flags a cell when either its calibrated probability or its "
+              "similarity to the nearest stored centroid falls below its own threshold (`fit_unassigned_thresholds`: "
+              "the two fitted together so that at most 5% of the validation cells fall below either).",
+              "", f"Mean over the {len(result['runs'])} runs:", "",
+              "| score | AUROC | left out flagged | known flagged | known correct flagged | accuracy of the known "
+              "cells kept |", "|---|---|---|---|---|---|"]
+    lines += ["| {} | {auroc:.3f} | {left_out_flagged:.3f} | {known_flagged:.3f} | {known_correct_flagged:.3f} | "
+              "{known_accuracy_of_kept:.3f} |".format(score, **result["mean"][score]) for score in names]
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +241,7 @@ def main(argv=None):
     if not args.report:
         for dataset in args.datasets:
             for cell_type in LEFT_OUT[dataset]:
-                if (OUT / f"{run_name(dataset, cell_type)}.safetensors").exists():
+                if (OUT / f"{run_name(dataset, cell_type, args.seed)}.safetensors").exists():
                     continue
                 started = time.perf_counter()
                 train_one(dataset, cell_type, args.seed)

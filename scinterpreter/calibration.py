@@ -83,3 +83,21 @@ def fit_unassigned_threshold(confidences: np.ndarray, rate: float = UNASSIGNED_R
     if not len(confidences):
         raise ValueError("no validation cells to fit the Unassigned threshold on")
     return float(np.quantile(confidences, rate, method="lower"))
+
+
+def fit_unassigned_thresholds(confidences: np.ndarray, rate: float = UNASSIGNED_RATE) -> list:
+    """
+    One threshold per column of `confidences` (validation cells x scores), for flagging a cell when any of its scores
+    falls below its threshold: each is the same quantile of its score, the largest for which at most about `rate` of
+    the validation cells are flagged in all. With one column it is `fit_unassigned_threshold`.
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    if confidences.ndim != 2 or not len(confidences):
+        raise ValueError("no validation cells to fit the Unassigned thresholds on")
+    best = None
+    for quantile in np.linspace(0.0, rate, 201):
+        thresholds = np.quantile(confidences, quantile, axis=0, method="lower")
+        if (confidences < thresholds).any(1).mean() > rate:
+            break
+        best = thresholds
+    return [float(value) for value in best]

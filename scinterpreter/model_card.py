@@ -139,14 +139,20 @@ def write_model_card(folder, results: dict, model, repo_id: str | None = None) -
         calibration_text += (" A perfectly calibrated model would show about {test_ece_floor:.3f} on as many cells "
                              "(sampling noise).".format(**calibration))
     if calibration.get("test_unassigned_fraction") is not None:
+        if calibration.get("centroid_similarity_threshold") is not None:
+            below = ("its calibrated probability falls below {:.4g} or its cosine similarity to the nearest cell-type "
+                     "centroid below {:.4g}").format(calibration["unassigned_threshold"],
+                                                     calibration["centroid_similarity_threshold"])
+        else:
+            below = "its {} falls below {:.4g}".format(
+                UNASSIGNED_SCORE_WORDS.get(calibration["unassigned_score"],
+                                           calibration["unassigned_score"].replace("_", " ")),
+                calibration["unassigned_threshold"])
         calibration_text += (
-            " With `threshold=\"auto\"` the pipeline calls a cell `Unassigned` when its {unassigned_score} falls "
-            "below {unassigned_threshold:.4g} (fitted on the validation cells): {flagged:.1%} of the test cells, "
-            "whose others are {kept:.1%} correct.".format(
-                unassigned_score=UNASSIGNED_SCORE_WORDS.get(calibration["unassigned_score"],
-                                                            calibration["unassigned_score"].replace("_", " ")),
-                unassigned_threshold=calibration["unassigned_threshold"],
-                flagged=calibration["test_unassigned_fraction"], kept=calibration["test_accuracy_of_assigned"] or 0))
+            " With `threshold=\"auto\"` the pipeline calls a cell `Unassigned` when {below} (fitted on the "
+            "validation cells): {flagged:.1%} of the test cells, whose others are {kept:.1%} correct.".format(
+                below=below, flagged=calibration["test_unassigned_fraction"],
+                kept=calibration["test_accuracy_of_assigned"] or 0))
     card = CARD_TEMPLATE.format(
         calibration=calibration_text,
         selection=selection,

@@ -149,8 +149,10 @@ class Recipe:
                           "confidence under which a cell is called Unassigned (config.unassigned_threshold)."},
     )
     unassigned_score: str = field(
-        default="max_probability",
+        default="max_probability_and_centroid_distance",
         metadata={"help": "Confidence that the Unassigned threshold applies to: max_probability (calibrated), "
-                          "energy, or centroid_distance (cosine similarity to the nearest cell type's centroid, "
-                          "which calibration then stores in the model; docs/benchmarks/unknown_types.md)."},
+                          "energy, centroid_distance (cosine similarity to the nearest cell type's centroid, which "
+                          "calibration then stores in the model) or max_probability_and_centroid_distance (a cell is "
+                          "Unassigned when either falls below its own threshold: uncertain cells and cells unlike "
+                          "every known type; docs/benchmarks/unknown_types.md)."},
     )

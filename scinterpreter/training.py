@@ -443,16 +443,18 @@ def calibrate(trainer, validation_cells, unassigned_score: str = "max_probabilit
     (about 5% of the validation cells fall below it), and stores both in the model's config; the result also holds
     the final model's validation accuracy and macro-F1. For
     `unassigned_score="centroid_distance"` it first stores the cell types' centroids, from the cell embeddings of
-    `training_cells` (`set_cell_type_centroids`), in the model.
+    `training_cells` (`set_cell_type_centroids`), in the model; for `"max_probability_and_centroid_distance"` too,
+    and then it fits two thresholds, the probability's and the similarity's (`fit_unassigned_thresholds`).
     """
     import torch
 
-    from .calibration import expected_calibration_error, fit_temperature, fit_unassigned_threshold, softmax
+    from .calibration import (expected_calibration_error, fit_temperature, fit_unassigned_threshold,
+                              fit_unassigned_thresholds, softmax)
 
     model = trainer.model
-    if unassigned_score == "centroid_distance":
+    if unassigned_score in ("centroid_distance", "max_probability_and_centroid_distance"):
         if training_cells is None:
-            raise ScInterpreterInputError("unassigned_score='centroid_distance' needs the training cells, whose "
+            raise ScInterpreterInputError(f"unassigned_score={unassigned_score!r} needs the training cells, whose "
                                           "cell embeddings give the cell types' centroids.")
         trained = trainer.predict(training_cells, metric_key_prefix="centroids")
         model.set_cell_type_centroids(torch.as_tensor(trained.predictions[1]), torch.as_tensor(trained.label_ids))
@@ -461,14 +463,23 @@ def calibrate(trainer, validation_cells, unassigned_score: str = "max_probabilit
     temperature = round(fit_temperature(logits, prediction.label_ids), 4)
     config = model.config
     config.calibration_temperature, config.unassigned_score = temperature, unassigned_score
-    confidence = model.confidence(torch.as_tensor(logits), torch.as_tensor(cell_embeddings)).numpy()
-    # Not rounded: rounding up would put the threshold above the validation cell it was chosen at.
-    config.unassigned_threshold = fit_unassigned_threshold(confidence)
+    logits_tensor, embeddings_tensor = torch.as_tensor(logits), torch.as_tensor(cell_embeddings)
+    # Not rounded: rounding up would put a threshold above the validation cell it was chosen at.
+    if unassigned_score == "max_probability_and_centroid_distance":
+        probability = model.probabilities(logits_tensor).max(-1).values.numpy()
+        similarity = (1 - model.centroid_distance(embeddings_tensor)).numpy()
+        config.unassigned_threshold, config.centroid_similarity_threshold = fit_unassigned_thresholds(
+            np.stack([probability, similarity], 1))
+    else:
+        config.unassigned_threshold = fit_unassigned_threshold(model.confidence(logits_tensor, embeddings_tensor).numpy())
+        config.centroid_similarity_threshold = None
     result = {"temperature": temperature,
               "validation_ece_before": round(expected_calibration_error(softmax(logits), prediction.label_ids), 4),
               "validation_ece_after": round(expected_calibration_error(softmax(logits, temperature),
                                                                        prediction.label_ids), 4),
               "unassigned_score": unassigned_score, "unassigned_threshold": config.unassigned_threshold}
+    if config.centroid_similarity_threshold is not None:
+        result["centroid_similarity_threshold"] = config.centroid_similarity_threshold
     # The final model's (with linear gene scores, the epochs' validation metrics are of the head alone).
     for name in ("accuracy", "macro_f1"):
         if f"calibration_{name}" in (prediction.metrics or {}):

@@ -271,6 +271,29 @@ def test_centroid_distance_is_larger_far_from_every_centroid_than_at_one(tiny_mo
     torch.testing.assert_close(confidence, 1 - distance)
 
 
+def test_the_combined_confidence_is_under_the_threshold_when_either_score_is_under_its_own(tiny_model):
+    from processing_scinterpreter import ScInterpreterInputError
+
+    centroids = torch.eye(3, 32)
+    tiny_model.set_cell_type_centroids(centroids, torch.arange(3))
+    config = tiny_model.config
+    config.unassigned_score = "max_probability_and_centroid_distance"
+    embeddings = torch.stack([centroids[0], centroids[0] + centroids[1], centroids[2], -centroids.sum(0)])
+    logits = torch.tensor([[4.0, 0, 0], [4.0, 0, 0], [0.1, 0, 0], [4.0, 0, 0]])  # sure, sure, unsure, sure
+    with pytest.raises(ScInterpreterInputError, match="needs both fitted thresholds"):
+        tiny_model.confidence(logits, embeddings)
+    with pytest.raises(ScInterpreterInputError, match="needs the cells' cell_embeddings"):
+        tiny_model.confidence(logits)
+    config.unassigned_threshold, config.centroid_similarity_threshold = 0.5, 0.8
+    probability = logits.softmax(-1).max(-1).values
+    similarity = 1 - tiny_model.centroid_distance(embeddings)
+    confidence = tiny_model.confidence(logits, embeddings)
+    # at a centroid and sure; sure but between two types (similarity .71); at a centroid but unsure; far and sure
+    assert (confidence < 0.5).tolist() == [False, True, True, True]
+    assert ((confidence < 0.5) == ((probability < 0.5) | (similarity < 0.8))).all()
+    torch.testing.assert_close(confidence, torch.minimum(probability, similarity - 0.3))
+
+
 def test_cell_type_centroids_are_saved_in_the_weights_and_load_again(tmp_path, tiny_model, processor, counts):
     from safetensors import safe_open
 

@@ -389,24 +389,44 @@ def test_auto_threshold_flags_the_cells_below_the_fitted_confidence(saved_tiny_m
     assert one_cell[0]["label"] == "Unassigned"
 
 
+@pytest.mark.parametrize("score", ["centroid_distance", "max_probability_and_centroid_distance"])
 def test_auto_threshold_on_centroid_distance_flags_the_cells_far_from_every_centroid(tmp_path, tiny_model, processor,
-                                                                                     counts, adata):
+                                                                                     counts, adata, score):
     from scinterpreter.build import save_model_folder
 
-    embeddings = tiny_model(**processor(counts, gene_names=GENES)).cell_embeddings.detach()
+    outputs = tiny_model(**processor(counts, gene_names=GENES))
+    embeddings = outputs.cell_embeddings.detach()
     tiny_model.set_cell_type_centroids(embeddings[:6], torch.arange(6) % len(LABELS))
     # The expected score, computed here from its definition: cosine similarity to the nearest centroid.
     unit = torch.nn.functional.normalize(embeddings, dim=-1)
     centroids = torch.nn.functional.normalize(tiny_model.cell_type_centroids, dim=-1)
-    confidence = (unit @ centroids.T).max(-1).values.numpy()
-    cut = float(np.median(confidence))
+    similarity = (unit @ centroids.T).max(-1).values.numpy()
+    cut = float(np.median(similarity))
     folder = save_model_folder(tiny_model, processor, tmp_path / "model")
-    annotate = _with_config(folder, unassigned_threshold=cut, unassigned_score="centroid_distance")
-    expected = confidence < cut
+    if score == "centroid_distance":
+        annotate = _with_config(folder, unassigned_threshold=cut, unassigned_score=score)
+        expected = similarity < cut
+    else:  # either the probability (temperature 1) or the similarity under its own threshold
+        annotate = _with_config(folder, unassigned_threshold=0.0, unassigned_score=score,
+                                centroid_similarity_threshold=0.0)
+        # The loaded model's own outputs: its reloaded backbone moves the tiny model's near-equal scores by ~1e-4.
+        loaded = annotate.model(**annotate.processor(counts, gene_names=GENES, return_tensors="pt"))
+        probability = loaded.logits.detach().float().softmax(-1).max(-1).values.numpy()
+        unit = torch.nn.functional.normalize(loaded.cell_embeddings.detach(), dim=-1)
+        similarity = (unit @ centroids.T).max(-1).values.numpy()
+        probability_cut, similarity_cut = (float(np.quantile(values, 0.25)) for values in (probability, similarity))
+        annotate.model.config.unassigned_threshold = probability_cut
+        annotate.model.config.centroid_similarity_threshold = similarity_cut
+        expected = (probability < probability_cut) | (similarity < similarity_cut)
+        # Cells flagged by only one of the two: the union is tested, not either score alone.
+        assert ((probability < probability_cut) & (similarity >= similarity_cut)).any()
+        assert ((probability >= probability_cut) & (similarity < similarity_cut)).any()
     assert 0 < expected.sum() < len(counts)
     for results in (annotate(counts, gene_names=GENES, threshold="auto"), annotate(adata, threshold="auto")):
         assert [r["label"] == "Unassigned" for r in results] == expected.tolist()
-    assert annotate(adata, threshold="auto").adata.uns["scinterpreter"]["unassigned_score"] == "centroid_distance"
+    record = annotate(adata, threshold="auto").adata.uns["scinterpreter"]
+    assert record["unassigned_score"] == score
+    assert record.get("centroid_similarity_threshold") == (None if score == "centroid_distance" else similarity_cut)
     # A number as threshold is still a probability.
     assert not any(r["label"] == "Unassigned" for r in annotate(counts, gene_names=GENES))
 

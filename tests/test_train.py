@@ -99,7 +99,7 @@ def test_model_card_has_valid_hub_metadata(tiny_run):
     assert 'pipeline("cell-annotation"' in text and "## Intended use and limits" in text
 
 
-@pytest.mark.parametrize("calibrated", [True, False])
+@pytest.mark.parametrize("calibrated", [True, "with centroids", False])
 def test_model_card_gives_the_calibration_figures_of_the_results(tmp_path, calibrated):
     from conftest import LABELS, make_tiny_model
 
@@ -109,6 +109,9 @@ def test_model_card_gives_the_calibration_figures_of_the_results(tmp_path, calib
     calibration = {"temperature": 1.6071, "test_ece_before": 0.0355, "test_ece_after": 0.0166,
                    "unassigned_score": "max_probability", "unassigned_threshold": 0.703977,
                    "test_unassigned_fraction": 0.0326, "test_accuracy_of_assigned": 0.9687, "test_ece_floor": 0.0123}
+    if calibrated == "with centroids":
+        calibration.update(unassigned_score="max_probability_and_centroid_distance",
+                           centroid_similarity_threshold=0.912345)
     results = {"dataset": "cells.h5ad", "n_train_cells": 80, "n_validation_cells": 10, "n_test_cells": 20,
                "test": {"accuracy": 0.95, "macro_f1": 0.9},
                "per_class": {label: {"f1-score": 0.9, "support": 5.0} for label in LABELS},
@@ -118,8 +121,10 @@ def test_model_card_gives_the_calibration_figures_of_the_results(tmp_path, calib
         assert ("Probabilities are calibrated: temperature 1.6071 fitted on the validation cells; expected "
                 "calibration error (15 bins) on the test cells 0.035 before, 0.017 after. A perfectly calibrated "
                 "model would show about 0.012 on as many cells (sampling noise).") in text
-        assert "below 0.704 (fitted on the validation cells): 3.3% of the test cells, whose others are 96.9% correct" \
-            in text
+        below = ("its calibrated probability falls below 0.704 or its cosine similarity to the nearest cell-type "
+                 "centroid below 0.9123" if calibrated == "with centroids" else "its max probability falls below 0.704")
+        assert (f"`Unassigned` when {below} (fitted on the validation cells): 3.3% of the test cells, whose others "
+                "are 96.9% correct") in text
     else:  # a model trained with calibrate=False claims no calibration
         assert "calibrat" not in text.lower()
 

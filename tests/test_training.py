@@ -133,7 +133,8 @@ def test_fit_calibrates_a_temperature_on_the_validation_cells(tmp_path, backbone
     from scinterpreter.calibration import fit_temperature
 
     cells, labels = marker_cells()
-    result = fit(cells, labels, tiny_recipe(backbone), tiny_args(tmp_path), gene_names=GENES)
+    result = fit(cells, labels, tiny_recipe(backbone, unassigned_score="max_probability"), tiny_args(tmp_path),
+                 gene_names=GENES)
     temperature = result.calibration["temperature"]
     assert temperature > 0 and result.model.config.calibration_temperature == temperature
     validation = result.validation_cells
@@ -178,17 +179,35 @@ def test_the_ece_floor_is_what_a_calibrated_model_shows_on_as_many_cells():
     assert calibrated_ece_floor(np.tile(probabilities, (50, 1))) < floor / 4  # 50x the cells, about 1/7 the noise
 
 
+def test_unassigned_thresholds_flag_at_most_the_rate_by_either_score():
+    from scinterpreter.calibration import fit_unassigned_threshold, fit_unassigned_thresholds
+
+    rng = np.random.default_rng(0)
+    independent = rng.random((2000, 2))
+    thresholds = fit_unassigned_thresholds(independent, 0.05)
+    flagged = (independent < thresholds).any(1)
+    assert 0.045 < flagged.mean() <= 0.05
+    # The same quantile of each score: about 2.5% each when the two scores flag different cells.
+    assert [np.mean(independent[:, i] < t) for i, t in enumerate(thresholds)] == pytest.approx([0.025, 0.025],
+                                                                                                abs=0.006)
+    # Scores that flag the same cells: each is cut at the rate itself, as one score would be.
+    same = np.repeat(independent[:, :1], 2, axis=1)
+    assert fit_unassigned_thresholds(same, 0.05) == [fit_unassigned_threshold(same[:, 0], 0.05)] * 2
+    assert fit_unassigned_thresholds(independent[:, :1], 0.05) == [fit_unassigned_threshold(independent[:, 0], 0.05)]
+
+
 @pytest.mark.slow
-def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp_path, backbone, monkeypatch):
+@pytest.mark.parametrize("score", ["centroid_distance", "max_probability_and_centroid_distance"])
+def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp_path, backbone, monkeypatch, score):
     from transformers import pipeline
 
     from scinterpreter.build import save_model_folder
 
     cells, labels = marker_cells()
-    result = fit(cells, labels, tiny_recipe(backbone, unassigned_score="centroid_distance"), tiny_args(tmp_path),
+    result = fit(cells, labels, tiny_recipe(backbone, unassigned_score=score), tiny_args(tmp_path),
                  gene_names=GENES)
     model, config = result.model.eval(), result.model.config
-    assert config.unassigned_score == "centroid_distance" and config.cell_type_centroids
+    assert config.unassigned_score == score and config.cell_type_centroids
     # Each type's centroid: the mean unit-length embedding of its training (not validation) cells.
     training = np.setdiff1d(np.arange(len(labels)), result.validation_cells)
     embeddings = model(**result.processor(cells[training], gene_names=GENES)).cell_embeddings.detach()
@@ -201,6 +220,15 @@ def test_fit_stores_centroids_and_the_pipeline_flags_cells_by_their_distance(tmp
     confidence = model.confidence(validation.logits, validation.cell_embeddings).detach().numpy()
     threshold = config.unassigned_threshold
     assert 0 < np.mean(confidence <= threshold) and np.mean(confidence < threshold) <= 0.05
+    if score == "max_probability_and_centroid_distance":
+        # Under the threshold exactly where the probability or the similarity is under its own.
+        probability = model.probabilities(validation.logits).max(-1).values.detach().numpy()
+        similarity = 1 - model.centroid_distance(validation.cell_embeddings).detach().numpy()
+        assert result.calibration["centroid_similarity_threshold"] == config.centroid_similarity_threshold
+        either = (probability < threshold) | (similarity < config.centroid_similarity_threshold)
+        assert ((confidence < threshold) == either).all()
+    else:
+        assert config.centroid_similarity_threshold is None
     # Saved and annotated with threshold="auto": exactly the cells under the threshold are Unassigned. The pipeline
     # runs the backbone in float32 and all cells in one batch, as here, so that a cell at the threshold (the
     # validation cell it was chosen at) cannot flip (a bfloat16 backbone moves the similarities by ~1e-4).
