@@ -180,6 +180,11 @@ def report(command="python benchmarks/unknown_types.py"):
     print(REPORT.with_suffix(".md").read_text())
 
 
+MEAN_COLUMNS = {"auroc": "AUROC", "left_out_flagged": "left out flagged", "known_flagged": "known flagged",
+                "known_correct_flagged": "known correct flagged",
+                "known_accuracy_of_kept": "accuracy of the known cells kept"}
+
+
 def render(result: dict) -> str:
     """The markdown report of an unknown_types.json, every figure taken from it."""
     from scinterpreter.calibration import UNASSIGNED_RATE
@@ -217,12 +222,14 @@ def render(result: dict) -> str:
               "anyway: see `known_correct_flagged` and `known_accuracy_of_kept` in the JSON). "
               "`max_probability_and_centroid_distance` flags a cell when either its calibrated probability or its "
               "similarity to the nearest stored centroid falls below its own threshold (`fit_unassigned_thresholds`: "
-              "the two fitted together so that at most 5% of the validation cells fall below either).",
-              "", f"Mean over the {len(result['runs'])} runs:", "",
-              "| score | AUROC | left out flagged | known flagged | known correct flagged | accuracy of the known "
-              "cells kept |", "|---|---|---|---|---|---|"]
-    lines += ["| {} | {auroc:.3f} | {left_out_flagged:.3f} | {known_flagged:.3f} | {known_correct_flagged:.3f} | "
-              "{known_accuracy_of_kept:.3f} |".format(score, **result["mean"][score]) for score in names]
+              "the two fitted together so that at most {:.0%} of the validation cells fall below either).".format(
+                  result.get("unassigned_rate", UNASSIGNED_RATE)),
+              "", f"Mean over the {len(result['runs'])} run{'s' * (len(result['runs']) > 1)}:", ""]
+    columns = list(result["mean"][names[0]])  # reports written before some columns were scored have fewer
+    lines += ["| score | " + " | ".join(MEAN_COLUMNS.get(column, column) for column in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    lines += [f"| {score} | " + " | ".join(f"{result['mean'][score][column]:.3f}" for column in columns) + " |"
+              for score in names]
     return "\n".join(lines) + "\n"
 
 

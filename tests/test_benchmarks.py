@@ -290,3 +290,20 @@ def test_explanations_leave_a_gene_out_of_the_soft_tokens_and_of_the_longer_list
     assert kept["gene_ids"].tolist() == [[3, 7, 0, 5]] and kept["gene_mask"].tolist() == [[1, 1, 0, 0]]
     assert kept["gene_values"].tolist() == [[3.0, 1.0, 0.0, 2.0]]
     assert kept["linear_gene_mask"].tolist() == [[1, 0, 1, 0, 0]]
+
+
+def test_temperature_probe_estimators_do_what_they_say():
+    from scinterpreter.calibration import fit_temperature, softmax
+
+    probe = benchmark("temperature_probe")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    logits = 4 * rng.normal(size=(60, 3))
+    logits[np.arange(60), labels] += 6.0  # mostly right, and sure of it
+    correct = (logits.argmax(-1) == labels).sum()
+    matched = probe.accuracy_matched(logits, labels)
+    assert softmax(logits, matched).max(-1).mean() == pytest.approx((correct + 1) / 62, abs=1e-6)
+    # Every cell right: the likelihood wants the sharpest temperature allowed; the clamp keeps 1.
+    labels = logits.argmax(-1)
+    assert fit_temperature(logits, labels) < 0.1 and probe.ESTIMATORS["nll_at_least_1"](logits, labels) == 1.0
+    assert probe.smoothed_nll(logits, labels) > 1.0  # smoothed labels never ask for certainty
