@@ -18,7 +18,7 @@ from scinterpreter.train import parse_arguments
 # recipe's value of any other field the config or processor shares, decide here whether older folders keep theirs.
 OLDER_FOLDERS_MEAN = {"soft_token_rms": None, "gene_selection": None, "gene_dropout": 0.0, "n_top_genes": 64,
                       "cell_pooling": "class_token", "linear_gene_scores": False, "n_linear_genes": 0,
-                      "linear_gene_selection": "top"}
+                      "linear_gene_selection": "top", "unassigned_score": "max_probability"}
 
 
 def defaults(function) -> dict:
