@@ -4,6 +4,8 @@ from transformers import AutoConfig, LlamaConfig, PretrainedConfig
 
 DEFAULT_INSTRUCTION = "What is the cell type of this given embedding?"
 UNASSIGNED_SCORES = ("max_probability", "energy", "centroid_distance", "max_probability_and_centroid_distance")
+# The scores that read the cell types' centroids, which calibration then stores in the model.
+CENTROID_SCORES = ("centroid_distance", "max_probability_and_centroid_distance")
 CELL_POOLINGS = ("class_token", "mean", "class_token_and_mean")
 
 

@@ -9,10 +9,10 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration_scinterpreter import ScInterpreterConfig, ScInterpreterInputError
+    from .configuration_scinterpreter import CENTROID_SCORES, ScInterpreterConfig, ScInterpreterInputError
     from .loading_scinterpreter import adapter_state_dict, backbone_fingerprint, load_pretrained, select_backbone_dtype
 except ImportError:  # imported as a top-level module (installed package, tests) rather than as Hub remote code
-    from configuration_scinterpreter import ScInterpreterConfig, ScInterpreterInputError
+    from configuration_scinterpreter import CENTROID_SCORES, ScInterpreterConfig, ScInterpreterInputError
     from loading_scinterpreter import adapter_state_dict, backbone_fingerprint, load_pretrained, select_backbone_dtype
 
 TRAINABLE_MODULES = ("projector", "class_token", "head", "gene_offsets", "lora_A", "lora_B")
@@ -464,17 +464,23 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
             )
         if linear_gene_ids is not None:
             gene_ids, gene_values, gene_mask = linear_gene_ids.long(), linear_gene_values, linear_gene_mask
-        scored = self.gene_score_genes
-        if not len(scored):  # not fitted yet (the head's training): the bias alone, without a cells x genes x labels zero
+        if not len(self.gene_score_genes):  # not fitted yet (the head's training): the bias alone, without a cells x genes x labels zero
             return self.gene_score_bias.float().expand(len(gene_ids), -1)
         values = gene_values.float()
         if gene_mask is not None:
             values = values * gene_mask.to(values.dtype)
-        row = torch.searchsorted(scored, gene_ids).clamp(max=len(scored) - 1)
-        values = values * (scored[row] == gene_ids).to(values.dtype)  # genes without a weight score 0
+        row, weighted = self._gene_score_rows(gene_ids)
+        values = values * weighted.to(values.dtype)  # genes without a weight score 0
         weights = self.gene_score_weights.float()[row]
         # An elementwise product and sum rather than a matmul: autocast would run a matmul in bfloat16.
         return (values.unsqueeze(-1) * weights).sum(1) + self.gene_score_bias.float()
+
+    def _gene_score_rows(self, gene_ids: torch.LongTensor):
+        """Per gene id, its row in `gene_score_weights` and whether it has one (the rows hold only weighted genes,
+        sorted by id in `gene_score_genes`); needs at least one weighted gene."""
+        scored = self.gene_score_genes
+        row = torch.searchsorted(scored, gene_ids).clamp(max=len(scored) - 1)
+        return row, scored[row] == gene_ids
 
     @torch.no_grad()
     def set_linear_gene_scores(self, weights: torch.Tensor, bias: torch.Tensor):
@@ -514,7 +520,7 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
         on this score.
         """
         score = self.config.unassigned_score
-        if score in ("centroid_distance", "max_probability_and_centroid_distance"):
+        if score in CENTROID_SCORES:
             if cell_embeddings is None:
                 raise ScInterpreterInputError(f"unassigned_score={score!r} needs the cells' cell_embeddings.")
             similarity = self._nearest_centroid_similarity(cell_embeddings)
@@ -683,13 +689,12 @@ class ScInterpreterForCellAnnotation(ScInterpreterPreTrainedModel):
                 else linear_gene_mask.bool())
         tokens = gene_ids.long() if gene_mask is None else gene_ids.long().masked_fill(~gene_mask.bool(), -1)
         only_linear = real & (linear_gene_ids[:, :, None] != tokens[:, None, :]).all(-1)
-        scored = self.gene_score_genes
-        if not len(scored):
+        if not len(self.gene_score_genes):
             return torch.zeros(linear_gene_ids.shape, device=linear_gene_ids.device)
-        row = torch.searchsorted(scored, linear_gene_ids).clamp(max=len(scored) - 1)
+        row, weighted = self._gene_score_rows(linear_gene_ids)
         weight = self.gene_score_weights.float()[row, target.to(row.device)[:, None]]  # each cell's target label only
         term = linear_gene_values.float() * weight
-        return torch.where(only_linear & (scored[row] == linear_gene_ids), term, torch.zeros_like(term))
+        return torch.where(only_linear & weighted, term, torch.zeros_like(term))
 
 
 __all__ = [

@@ -451,8 +451,10 @@ def calibrate(trainer, validation_cells, unassigned_score: str = "max_probabilit
     from .calibration import (expected_calibration_error, fit_temperature, fit_unassigned_threshold,
                               fit_unassigned_thresholds, softmax)
 
+    from configuration_scinterpreter import CENTROID_SCORES
+
     model = trainer.model
-    if unassigned_score in ("centroid_distance", "max_probability_and_centroid_distance"):
+    if unassigned_score in CENTROID_SCORES:
         if training_cells is None:
             raise ScInterpreterInputError(f"unassigned_score={unassigned_score!r} needs the training cells, whose "
                                           "cell embeddings give the cell types' centroids.")
